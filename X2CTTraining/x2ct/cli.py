@@ -1,0 +1,142 @@
+"""The ``x2ct`` command line.
+
+Error contract for every command: a user-caused problem prints one line
+``x2ct: error: <file>: <problem>`` to stderr and exits with status 2, with no traceback and no
+partial output (every output is written under a temporary name and renamed when complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import __version__
+from .errors import InputError
+
+PROG = "x2ct"
+EXIT_USER_ERROR = 2
+
+
+def _print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _print_fields(data: dict) -> None:
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def info_dict(path: str, view: Optional[str] = None) -> dict:
+    """The ``x2ct info`` record of a radiograph or CT (JSON-serialisable)."""
+    from .io import ct_info, read_ct, read_radiograph
+    from .io.kind import CT, detect_kind
+
+    if detect_kind(path) == CT:
+        if view is not None:
+            raise InputError(path, "holds a CT volume, not a radiograph (--view applies to radiographs only)")
+        return {"kind": "ct", "path": str(path), **ct_info(read_ct(path))}
+    radiograph = read_radiograph(path, view=view)
+    meta = radiograph.metadata
+    return {
+        "kind": "radiograph",
+        "path": str(path),
+        "size": list(radiograph.pixels.shape),
+        "spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
+        "view": radiograph.view,
+        "photometric": meta.get("photometric"),
+        "inverted": meta.get("inverted"),
+        "body_part": meta.get("body_part"),
+        "transfer_syntax": meta.get("transfer_syntax"),
+        "format": meta.get("format"),
+        "warnings": list(radiograph.warnings),
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    data = info_dict(args.file, view=args.view)
+    _print_json(data) if args.json else _print_fields(data)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .geometry import to_canonical
+    from .io import read_ct, write_volume
+    from .io.volume import VOLUME_SUFFIXES, volume_suffix
+
+    if not volume_suffix(args.output):
+        raise InputError(args.output, f"unknown output format; use one of {', '.join(VOLUME_SUFFIXES)}")
+    image = read_ct(args.input)
+    if args.canonical:
+        image = to_canonical(image, size=args.size)
+    write_volume(image, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chest radiographs to synthetic chest CT. Research use only; not for diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="describe a chest radiograph or CT (DICOM, PNG/JPEG/TIFF, NIfTI, NRRD, MHA)")
+    p.add_argument("file", help="radiograph file, CT file, or DICOM series folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--view", help="override the radiograph view (PA, AP, LATERAL)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert a CT between formats, optionally onto the canonical 320 mm grid")
+    p.add_argument("input", help="CT file or DICOM series folder")
+    p.add_argument("output", help="output .nrrd, .nii, .nii.gz or .mha")
+    p.add_argument("--canonical", action="store_true", help="resample onto the canonical body-centred 320 mm cube")
+    p.add_argument("--size", type=int, default=128, choices=(64, 128, 256), help="canonical grid size (default 128)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="run the demo on the bundled sample data")
+    p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _user_error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``x2ct`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    handlers: Dict[type, Callable[[BaseException], str]] = {
+        InputError: str,
+        PermissionError: lambda e: f"{e.filename}: permission denied",
+        IsADirectoryError: lambda e: f"{e.filename}: is a folder, expected a file",
+        NotADirectoryError: lambda e: f"{e.filename}: a parent of this path is not a folder",
+    }
+    try:
+        return args.func(args)
+    except tuple(handlers) as err:
+        return _user_error(next(h(err) for t, h in handlers.items() if isinstance(err, t)))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
