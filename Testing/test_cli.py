@@ -148,3 +148,24 @@ def test_demo_writes_the_promised_outputs(tmp_path: Path, capsys):
     assert summary["heart_centroid_lps_mm"][0] > summary["canonical"]["grid_center_lps_mm"][0]
     with Image.open(out / "preview.png") as picture:
         assert picture.size[0] == 3 * 256
+
+
+def test_drr_writes_16_bit_pngs_and_nrrds(sample_ct_path: Path, tmp_path: Path):
+    out = tmp_path / "drr"
+    args = ["drr", str(sample_ct_path), "-o", str(out), "--size", "32", "--sid", "1000", "--detector-mm", "400"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["lateral.nrrd", "lateral.png", "pa.nrrd", "pa.png"]
+    with Image.open(out / "pa.png") as png:
+        assert png.mode.startswith("I;16") and png.size == (32, 32)
+    nrrd = sitk.ReadImage(str(out / "pa.nrrd"))
+    assert nrrd.GetSpacing() == pytest.approx((400 / 32, 400 / 32))
+    normal = tmp_path / "normal.txt"
+    normal.write_text("x")  # outputs get the permissions of a normal create, not mkstemp's private 0600
+    assert (out / "pa.png").stat().st_mode & 0o777 == normal.stat().st_mode & 0o777
+
+
+def test_drr_rejects_impossible_geometry(sample_ct_path: Path, tmp_path: Path, capsys):
+    assert main(["drr", str(sample_ct_path), "-o", str(tmp_path / "drr"), "--sid", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("x2ct: error: ") and "\n" not in err
+    assert not (tmp_path / "drr").exists()

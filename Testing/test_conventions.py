@@ -24,7 +24,15 @@ def test_intensity_round_trip_and_clipping():
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("pa", "PA"), ("AP", "AP"), ("LL", "LATERAL"), ("rl", "LATERAL"), ("lateral", "LATERAL"), ("RLD", None), ("", None)],
+    [
+        ("pa", "PA"),
+        ("AP", "AP"),
+        ("LL", "LATERAL"),
+        ("rl", "LATERAL"),
+        ("lateral", "LATERAL"),
+        ("RLD", None),
+        ("", None),
+    ],
 )
 def test_view_names(text, expected):
     assert views.normalize_view(text) == expected

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
 from x2ct.errors import InputError
 from x2ct.io.ct import SeriesChoiceWarning, ct_info, read_ct
 from x2ct.io.volume import write_volume

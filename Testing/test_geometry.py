@@ -15,6 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from x2ct.geometry import (
     DIRECTION_LPS,
     EXTENT_MM,

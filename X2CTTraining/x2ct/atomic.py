@@ -15,6 +15,18 @@ from typing import Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, target: Path, is_dir: bool) -> None:
+    """Give the temporary the permissions a normal create would have (mkstemp uses 0600), then rename."""
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+    os.replace(tmp, target)
+
+
 def _temporary_sibling(target: Path, is_dir: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Keep the full suffix chain (".nii.gz") so format-sniffing writers see the right extension.
@@ -36,7 +48,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     tmp = _temporary_sibling(target, is_dir=False)
     try:
         yield tmp
-        os.replace(tmp, target)
+        _publish(tmp, target, is_dir=False)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -56,10 +68,10 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-            os.replace(tmp, target)
+            _publish(tmp, target, is_dir=True)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            _publish(tmp, target, is_dir=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -77,6 +77,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drr(args: argparse.Namespace) -> int:
+    from .drr import DRRGeometry, write_drrs
+    from .io import read_ct
+    from .views import LATERAL, PA
+
+    if args.size < 16 or args.size > 2048:
+        raise InputError(None, f"--size {args.size}: choose a detector size between 16 and 2048 pixels")
+    try:
+        geometry = DRRGeometry(sad_mm=args.sad, sid_mm=args.sid, detector_mm=args.detector_mm)
+    except ValueError as err:
+        raise InputError(None, f"--sad/--sid/--detector-mm: {err}") from None
+    chosen = {"pa": (PA,), "lateral": (LATERAL,), "both": (PA, LATERAL)}[args.view]
+    ct = read_ct(args.ct)
+    written = write_drrs(ct, args.output, views=chosen, size=args.size, geometry=geometry, device=args.device)
+    for paths in written.values():
+        print(f"wrote {paths['png']} and {paths['nrrd']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -104,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canonical", action="store_true", help="resample onto the canonical body-centred 320 mm cube")
     p.add_argument("--size", type=int, default=128, choices=(64, 128, 256), help="canonical grid size (default 128)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("drr", help="render digitally reconstructed radiographs (PA, lateral) of a CT")
+    p.add_argument("ct", help="CT file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder for pa/lateral .png (16-bit) and .nrrd")
+    p.add_argument("--view", choices=("pa", "lateral", "both"), default="both", help="which views (default both)")
+    p.add_argument("--size", type=int, default=128, help="detector pixels per side (default 128)")
+    p.add_argument("--sad", type=float, default=541.0, help="source-isocentre distance in mm (default 541)")
+    p.add_argument("--sid", type=float, default=949.0, help="source-detector distance in mm (default 949)")
+    p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.set_defaults(func=cmd_drr)
 
     p = sub.add_parser("demo", help="run the demo on the bundled sample data")
     p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")
