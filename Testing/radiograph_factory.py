@@ -20,6 +20,8 @@ from typing import Any, Union
 
 import gdcm
 import numpy as np
+import pydicom
+import pytest
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -31,11 +33,17 @@ from pydicom.uid import (
     DigitalXRayImageStorageForProcessing,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    JPEGLossless,
     JPEGLosslessSV1,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+from x2ct.io.dicom_compat import JPEGLossless, save_part10
+
+try:  # pydicom 3: RLE, JPEG-LS and JPEG 2000 encoders
+    from pydicom.pixels import get_encoder
+except ImportError:  # pydicom 2.4: RLE Lossless only
+    from pydicom.encoders import get_encoder
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -136,7 +144,9 @@ def write_dicom(
         header_size: (Rows, Columns) to claim in the header while storing only a few bytes of pixel
             data (the "huge header" bad input). At most 65535 each: Rows/Columns are US.
         transfer_syntax: compress with this UID (pydicom encoders, or GDCM for JPEG Lossless and
-            JPEG baseline); ``compress_options`` go to ``Dataset.compress`` (e.g. ``j2k_cr``).
+            JPEG baseline); ``compress_options`` go to ``Dataset.compress`` (e.g. ``j2k_cr``). The
+            calling test is skipped when the installed pydicom has no encoder for it (pydicom 2.4
+            encodes only RLE Lossless).
     """
     path = Path(path)
     sop_class = {
@@ -218,20 +228,32 @@ def write_dicom(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if transfer_syntax is None:
-        ds.save_as(path, enforce_file_format=True)
+        save_part10(ds, path)
     elif UID(transfer_syntax) in _GDCM_SYNTAXES:
         _save_with_gdcm(ds, path, _GDCM_SYNTAXES[UID(transfer_syntax)])
     else:
+        _require_encoder(UID(transfer_syntax))
         ds.compress(transfer_syntax, **compress_options)
-        ds.save_as(path, enforce_file_format=True)
+        save_part10(ds, path)
     return path
+
+
+def _require_encoder(transfer_syntax: UID) -> None:
+    """Skip the calling test when the installed pydicom cannot encode ``transfer_syntax``."""
+    try:
+        get_encoder(transfer_syntax)
+    except NotImplementedError:
+        pytest.skip(
+            f"needs pydicom 3's encoders to write the test file "
+            f"(pydicom {pydicom.__version__} installed, no {transfer_syntax.name} encoder)"
+        )
 
 
 def _save_with_gdcm(ds: Dataset, path: Path, syntax: int) -> None:
     """Save ``ds`` uncompressed, then let GDCM transcode it to ``syntax`` (no Python encoder exists)."""
     with tempfile.TemporaryDirectory() as tmp:
         plain = os.path.join(tmp, "plain.dcm")
-        ds.save_as(plain, enforce_file_format=True)
+        save_part10(ds, plain)
         reader = gdcm.ImageReader()
         reader.SetFileName(plain)
         if not reader.Read():

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 import x2ct
-from radiograph_factory import bad_input_corpus
+from radiograph_factory import bad_input_corpus, write_dx
 from x2ct.cli import main
 from x2ct.errors import InputError
 from x2ct.io import read_radiograph
@@ -46,6 +46,26 @@ def test_info_radiograph_json_has_the_documented_keys(tmp_path: Path):
     assert data["size"] == [256, 200]
     assert data["view"] == "PA"
     assert data["spacing_mm"] is None  # a PNG carries no physical spacing
+
+
+def test_info_dicom_radiograph_reports_tags(tmp_path: Path):
+    path = write_dx(
+        tmp_path / "dx.dcm",
+        photometric="MONOCHROME1",
+        presentation_lut_shape="INVERSE",
+        view_position="LL",
+        imager_pixel_spacing=(0.15, 0.15),
+        magnification=1.5,
+        transfer_syntax="1.2.840.10008.1.2.5",  # RLE Lossless
+    )
+    result = run_cli("info", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["view"] == "LATERAL"
+    assert data["photometric"] == "MONOCHROME1" and data["inverted"] is True
+    assert data["body_part"] == "CHEST"
+    assert data["spacing_mm"] == pytest.approx([0.1, 0.1])
+    assert "RLE" in data["transfer_syntax"]
 
 
 def test_info_ct_json_has_the_documented_keys(sample_ct_path: Path, capsys):

@@ -16,6 +16,7 @@ from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, 
 
 from x2ct.errors import InputError
 from x2ct.io.ct import SeriesChoiceWarning, ct_info, read_ct
+from x2ct.io.dicom_compat import save_part10, set_pixel_data
 from x2ct.io.volume import write_volume
 
 
@@ -54,8 +55,8 @@ def _write_plain_series(
         ds.PixelSpacing = [0.7, 0.6]
         ds.SliceThickness = 2.0
         ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.set_pixel_data((plane + 1024).astype(np.uint16), "MONOCHROME2", 12)
-        ds.save_as(folder / f"{series_uid[-6:]}_{k:03d}.dcm", enforce_file_format=True)
+        set_pixel_data(ds, (plane + 1024).astype(np.uint16), "MONOCHROME2", 12)
+        save_part10(ds, folder / f"{series_uid[-6:]}_{k:03d}.dcm")
     return series_uid
 
 

@@ -10,11 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import x2ct
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, generate_uid
+
+import x2ct
 from x2ct.geometry import CanonicalGrid
 from x2ct.io.ct import read_ct
+from x2ct.io.dicom_compat import SYNTHETIC_DATA, set_pixel_data
 from x2ct.io.dicom_ct import SyntheticProvenance, source_from_dataset, write_synthetic_ct_series
 
 SHA = "3f" * 32
@@ -79,7 +81,7 @@ def test_every_slice_is_marked_synthetic(series):
     for ds in datasets:
         assert ds.file_meta.MediaStorageSOPClassUID == CTImageStorage == ds.SOPClassUID
         assert ds.Modality == "CT" and ds.BodyPartExamined == "CHEST" and ds.PatientPosition == "HFS"
-        assert ds.SyntheticData == "YES"
+        assert ds[SYNTHETIC_DATA].value == "YES"  # by tag: pydicom 2.4 lacks the keyword
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
         assert ds.SeriesDescription.startswith("SYNTHETIC") and len(ds.SeriesDescription) <= 64
         assert ds.SeriesNumber == 901
@@ -151,7 +153,7 @@ def test_without_dicom_sources_new_study_and_empty_patient(series, series_no_sou
         assert "SourceImageSequence" not in ds
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
             assert keyword in ds and not ds[keyword].value
-        assert ds.SyntheticData == "YES"
+        assert ds[SYNTHETIC_DATA].value == "YES"  # by tag: pydicom 2.4 lacks the keyword
 
 
 def test_canonical_slices_step_inferior(series):
@@ -246,6 +248,17 @@ def test_folder_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]
     assert len(list(target.iterdir())) == 64
     assert {pydicom.dcmread(f).SeriesInstanceUID for f in old} == {old_uid}
+
+
+@pytest.mark.parametrize(
+    "arr, bits_stored",
+    [(np.array([[0, 4096]], dtype=np.uint16), 12), (np.array([[-129, 0]], dtype=np.int16), 8),
+     (np.zeros((2, 2), dtype=np.float32), 16)],
+    ids=["over-12-bits", "under-signed-8-bits", "float"],
+)
+def test_set_pixel_data_refuses_what_does_not_fit(arr, bits_stored):
+    with pytest.raises(ValueError):
+        set_pixel_data(Dataset(), arr, "MONOCHROME2", bits_stored)
 
 
 def test_provenance_source_entries_are_checked():

@@ -13,7 +13,6 @@ import SimpleITK as sitk
 from PIL import Image, ImageFile
 from pydicom import uid
 from pydicom.data import get_testdata_file
-from pydicom.pixels import get_decoder
 
 import x2ct.io.radiograph as radiograph_module
 from radiograph_factory import (
@@ -31,6 +30,7 @@ from radiograph_factory import (
     write_sitk_image,
 )
 from x2ct.errors import InputError
+from x2ct.io.dicom_compat import PYDICOM_3, JPEGLossless, save_part10
 from x2ct.io.radiograph import MAX_PIXELS, MAX_SIDE_PX, METADATA_KEYS, MIN_SIDE_PX, read_radiograph
 
 PHANTOM = chest_phantom()
@@ -184,6 +184,26 @@ def test_rgb_secondary_capture_becomes_gray_with_warning(tmp_path):
     assert any("RGB image converted to grayscale" in w for w in result.warnings)
 
 
+def test_ybr_full_secondary_capture_is_read_as_rgb(tmp_path):
+    # pydicom 3 returns YBR_FULL as RGB; on pydicom 2.4 x2ct converts it itself: same gray either way.
+    import pydicom
+
+    try:
+        from pydicom.pixels import convert_color_space
+    except ImportError:  # pydicom 2.4
+        from pydicom.pixel_data_handlers.util import convert_color_space
+
+    rgb_path = write_sc(tmp_path / "rgb.dcm", rgb=True)
+    ds = pydicom.dcmread(rgb_path)
+    ds.PixelData = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL").tobytes()
+    ds.PhotometricInterpretation = "YBR_FULL"
+    save_part10(ds, tmp_path / "ybr.dcm")
+    result = read_radiograph(tmp_path / "ybr.dcm")
+    assert result.metadata["photometric"] == "YBR_FULL"
+    np.testing.assert_allclose(result.pixels, read_radiograph(rgb_path).pixels, atol=2.01 / 255)
+    assert any("YBR_FULL image converted to grayscale" in w for w in result.warnings)
+
+
 def test_for_processing_is_read_with_warning(tmp_path):
     result = read_radiograph(write_dx(tmp_path / "raw.dcm", for_processing=True))
     np.testing.assert_allclose(result.pixels, PHANTOM, atol=LSB12)
@@ -200,7 +220,7 @@ LOSSLESS = [
     (uid.JPEGLSLossless, {}),
     (uid.JPEG2000Lossless, {}),
     (uid.JPEGLosslessSV1, {}),  # encoded by GDCM (no Python encoder exists)
-    (uid.JPEGLossless, {}),  # encoded by GDCM
+    (JPEGLossless, {}),  # encoded by GDCM (pydicom 2.4's uid.JPEGLossless is the SV1 UID)
 ]
 
 
@@ -230,6 +250,20 @@ def test_lossy_syntaxes_decode_close(tmp_path, syntax, options, writer, toleranc
     assert np.abs(packed.pixels - plain.pixels).mean() < 0.01
 
 
+def _uninstall_decoders(monkeypatch: pytest.MonkeyPatch, syntax: uid.UID) -> None:
+    """Make pydicom see every decoder of ``syntax`` as not installed (3.x: plugins; 2.4: handlers)."""
+    if PYDICOM_3:
+        from pydicom.pixels import get_decoder
+
+        monkeypatch.setattr(get_decoder(syntax), "_available", {})
+    else:
+        import pydicom.config
+
+        for handler in pydicom.config.pixel_data_handlers:
+            if handler.supports_transfer_syntax(syntax):
+                monkeypatch.setattr(handler, "is_available", lambda: False)
+
+
 @pytest.mark.parametrize(
     "syntax, package",
     [
@@ -240,7 +274,7 @@ def test_lossy_syntaxes_decode_close(tmp_path, syntax, options, writer, toleranc
 )
 def test_missing_decoder_names_syntax_and_package(tmp_path, monkeypatch, syntax, package):
     path = write_dx(tmp_path / "packed.dcm", transfer_syntax=syntax)
-    monkeypatch.setattr(get_decoder(syntax), "_available", {})  # as if no plugin were installed
+    _uninstall_decoders(monkeypatch, syntax)
     with pytest.raises(InputError) as err:
         read_radiograph(path)
     assert syntax.name in str(err.value) and package in str(err.value)

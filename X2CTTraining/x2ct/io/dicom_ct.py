@@ -32,6 +32,7 @@ from pydicom.valuerep import format_number_as_ds
 from .. import PRODUCT_NAME, __version__
 from ..atomic import atomic_dir
 from ..errors import PathLike
+from .dicom_compat import SYNTHETIC_DATA, save_part10, set_pixel_data
 
 SOFTWARE_NAME = PRODUCT_NAME
 """Written as Manufacturer / ManufacturerModelName (never a scanner's name)."""
@@ -153,8 +154,8 @@ def write_synthetic_ct_series(
             ds.InstanceNumber = k + 1
             position = origin + k * spacing[2] * direction[:, 2]
             ds.ImagePositionPatient = [_ds_number(v) for v in position]
-            ds.set_pixel_data(pixels[k], "MONOCHROME2", 16, generate_instance_uid=False)
-            ds.save_as(tmp / name, enforce_file_format=True)
+            set_pixel_data(ds, pixels[k], "MONOCHROME2", 16)
+            save_part10(ds, tmp / name)
     return [target / name for name in names]
 
 
@@ -171,7 +172,7 @@ def _series_template(provenance: SyntheticProvenance, series_number: int) -> Dat
     # SOP Common
     ds.SOPClassUID = CTImageStorage
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SyntheticData = "YES"
+    ds.add_new(SYNTHETIC_DATA, "CS", "YES")
     ds.ContentQualification = "RESEARCH"
     ds.ContributingEquipmentSequence = DicomSequence([_contributing_equipment(now)])
 

@@ -6,7 +6,7 @@ structures (bone) bright, rows top to bottom exactly as stored (no flipping or r
 
 DICOM pixel pipeline (each step exactly once, PS3.3 C.11):
 
-1. decode with ``pydicom.pixels.pixel_array`` (compressed syntaxes through pydicom's plugins);
+1. decode with pydicom (compressed syntaxes through its plugins; pydicom 2.4 or 3.x, see ``dicom_compat``);
 2. modality LUT (``apply_modality_lut``: ModalityLUTSequence or RescaleSlope/RescaleIntercept);
 3. VOI: the first VOILUTSequence item if present, else the first WindowCenter/WindowWidth pair
    (the order ``apply_voi_lut(prefer_lut=True)`` uses), else the min..max of the modality values;
@@ -37,11 +37,22 @@ from PIL import Image, UnidentifiedImageError
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder, pixel_array
-from pydicom.pixels.utils import get_expected_length
 
 from .. import views
 from ..errors import InputError, PathLike
+from .dicom_compat import (
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEGLossless,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    decoder_exists,
+    decoder_installed,
+    get_expected_length,
+    pixel_array,
+)
 
 MAX_SIDE_PX = 12000
 """Largest accepted rows or columns (pixels). Real detectors are at most ~4300 px (43 cm at 0.1 mm)."""
@@ -67,15 +78,15 @@ _OPENJPEG = "pylibjpeg and pylibjpeg-openjpeg"
 _DECODER_PACKAGES = {
     dicom_uid.JPEGBaseline8Bit: "Pillow or python-gdcm",
     dicom_uid.JPEGExtended12Bit: "pylibjpeg-libjpeg (GPL-3.0, not installed by x2ct)",
-    dicom_uid.JPEGLossless: "python-gdcm",
+    JPEGLossless: "python-gdcm",
     dicom_uid.JPEGLosslessSV1: "python-gdcm",
     dicom_uid.JPEGLSLossless: "pyjpegls",
     dicom_uid.JPEGLSNearLossless: "pyjpegls",
     dicom_uid.JPEG2000Lossless: _OPENJPEG,
     dicom_uid.JPEG2000: _OPENJPEG,
-    dicom_uid.HTJ2KLossless: _OPENJPEG,
-    dicom_uid.HTJ2KLosslessRPCL: _OPENJPEG,
-    dicom_uid.HTJ2K: _OPENJPEG,
+    HTJ2KLossless: _OPENJPEG,
+    HTJ2KLosslessRPCL: _OPENJPEG,
+    HTJ2K: _OPENJPEG,
     dicom_uid.RLELossless: "pylibjpeg-rle",
 }
 
@@ -440,12 +451,10 @@ def _decode_dicom_pixels(path: Path, ds: Dataset) -> np.ndarray:
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
     if transfer_syntax is None:
         raise InputError(path, "DICOM file meta has no TransferSyntaxUID")
-    try:
-        decoder = get_decoder(transfer_syntax)
-    except NotImplementedError as exc:
-        raise InputError(path, f"unsupported transfer syntax {transfer_syntax.name} ({transfer_syntax})") from exc
+    if not decoder_exists(transfer_syntax):
+        raise InputError(path, f"unsupported transfer syntax {transfer_syntax.name} ({transfer_syntax})")
     package = _DECODER_PACKAGES.get(transfer_syntax, "python-gdcm")
-    if not decoder.is_available:
+    if not decoder_installed(transfer_syntax):
         raise InputError(path, f"no decoder installed for {transfer_syntax.name}; install {package}")
     if not transfer_syntax.is_compressed:
         expected = get_expected_length(ds, unit="bytes")
