@@ -18,6 +18,8 @@ from .errors import InputError
 
 PROG = "x2ct"
 EXIT_USER_ERROR = 2
+SAMPLE = "sample"
+"""``--synthetic-from`` value (also its default when given alone) meaning the bundled real CT."""
 
 
 def _print_json(data: dict) -> None:
@@ -96,6 +98,47 @@ def cmd_drr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_ratios(text: str) -> tuple:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise InputError(None, f"--split {text}: give three fractions like 0.8,0.1,0.1") from None
+
+
+def cmd_build_dataset(args: argparse.Namespace) -> int:
+    from .data.builder import BuildOptions, build_dataset, build_synthetic_dataset
+    from .drr import DRRGeometry
+    from .resources import sample_ct_path, sample_labels_path
+
+    try:
+        geometry = DRRGeometry(sad_mm=args.sad, sid_mm=args.sid, detector_mm=args.detector_mm)
+    except ValueError as err:
+        raise InputError(None, f"--sad/--sid/--detector-mm: {err}") from None
+    options = BuildOptions(
+        size=args.size,
+        drr_size=args.drr_size or args.size,
+        workers=args.workers,
+        seed=args.seed,
+        ratios=_parse_ratios(args.split),
+        geometry=geometry,
+    )
+    if args.synthetic_from is None:
+        if args.input is None:
+            raise InputError(None, "give INPUT (a folder of CTs or a list file) or --synthetic-from")
+        report = build_dataset(args.input, args.output, options)
+    else:
+        if args.input is not None:
+            raise InputError(args.input, "give either INPUT or --synthetic-from, not both")
+        sample = args.synthetic_from == SAMPLE
+        if not sample and args.labels is None:
+            raise InputError(args.synthetic_from, "--labels LABEL_MAP is needed with your own CT")
+        ct = sample_ct_path() if sample else Path(args.synthetic_from)
+        labels = Path(args.labels) if args.labels else sample_labels_path()
+        report = build_synthetic_dataset(ct, labels, args.output, args.cases, options)
+    print(report.summary())
+    return report.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -134,6 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.set_defaults(func=cmd_drr)
+
+    p = sub.add_parser(
+        "build-dataset",
+        help="build paired CT / PA / lateral DRR HDF5 files (official layout) and a split manifest",
+        description="Build OUT/<case>/ct_xray_data.h5 for every CT of INPUT (a folder: each CT file or DICOM "
+        "series subfolder is a case; or a .txt/.csv list, one path per line), or a labelled synthetic benchmark "
+        "from one CT with --synthetic-from. Finished cases are skipped; a failing case is reported and the rest "
+        "build. Exit status 0 when at least one case is finished, 2 when every case failed or on a usage error.",
+    )
+    p.add_argument("input", nargs="?", help="folder of CTs, or a .txt/.csv list of CT paths")
+    p.add_argument("output", metavar="OUT", help="output folder (created; resumable)")
+    p.add_argument("--size", type=int, default=128, choices=(64, 128, 256), help="canonical grid size (default 128)")
+    p.add_argument("--drr-size", type=int, help="DRR pixels per side (default: --size)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1; same results as 1)")
+    p.add_argument("--seed", type=int, default=0, help="split salt and synthetic generator seed (default 0)")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument(
+        "--synthetic-from",
+        nargs="?",
+        const=SAMPLE,
+        metavar="CT",
+        help=f"build a synthetic labelled benchmark from one CT ('{SAMPLE}' or nothing: the bundled chest CT)",
+    )
+    p.add_argument("--labels", help="label map of the --synthetic-from CT (default: the bundled one's)")
+    p.add_argument("--cases", type=int, default=10, help="number of synthetic cases (default 10)")
+    p.add_argument("--sad", type=float, default=541.0, help="source-isocentre distance in mm (default 541)")
+    p.add_argument("--sid", type=float, default=949.0, help="source-detector distance in mm (default 949)")
+    p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
+    p.set_defaults(func=cmd_build_dataset)
 
     p = sub.add_parser("demo", help="run the demo on the bundled sample data")
     p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")
