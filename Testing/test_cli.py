@@ -1,4 +1,4 @@
-"""The x2ct command line: --version, info, convert, demo, and the one-line error contract."""
+"""The x2ct command line: --version, info, convert, drr, the one-line error contract (predict, demo: test_predict)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,15 @@ def test_convert_to_canonical_grid(sample_ct_path: Path, tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["canonical.nrrd"]  # no temporary files left
 
 
+def test_convert_preview_draws_three_planes(sample_ct_path: Path, tmp_path: Path):
+    args = ["convert", str(sample_ct_path), str(tmp_path / "c.nrrd"), "--canonical", "--size", "64"]
+    assert main([*args, "--preview", str(tmp_path / "p.png")]) == 0
+    with Image.open(tmp_path / "p.png") as picture:
+        assert picture.size == (3 * 256, 24 + 256)
+    assert main(["convert", str(sample_ct_path), str(tmp_path / "d.nrrd"), "--preview", str(tmp_path / "q.png")]) == 2
+    assert not (tmp_path / "d.nrrd").exists() and not (tmp_path / "q.png").exists()
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -156,20 +165,6 @@ def test_no_command_prints_help_and_fails(capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def test_demo_writes_the_promised_outputs(tmp_path: Path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert sorted(summary["outputs"]) == sorted(p.name for p in out.iterdir())
-    for name in ("canonical_ct.nrrd", "canonical_ct.nii.gz", "canonical_labels.nrrd", "preview.png"):
-        assert (out / name).stat().st_size > 0
-    ct = sitk.ReadImage(str(out / "canonical_ct.nrrd"))
-    assert ct.GetSize() == (128, 128, 128) and ct.GetSpacing() == pytest.approx((2.5,) * 3)
-    assert summary["heart_centroid_lps_mm"][0] > summary["canonical"]["grid_center_lps_mm"][0]
-    with Image.open(out / "preview.png") as picture:
-        assert picture.size[0] == 3 * 256
-
-
 def test_drr_writes_16_bit_pngs_and_nrrds(sample_ct_path: Path, tmp_path: Path):
     out = tmp_path / "drr"
     args = ["drr", str(sample_ct_path), "-o", str(out), "--size", "32", "--sid", "1000", "--detector-mm", "400"]
@@ -189,3 +184,38 @@ def test_drr_rejects_impossible_geometry(sample_ct_path: Path, tmp_path: Path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith("x2ct: error: ") and "\n" not in err
     assert not (tmp_path / "drr").exists()
+
+
+def test_convert_checkpoint_official_pth_to_safetensors(tmp_path: Path):
+    import torch
+
+    from x2ct.models.checkpoints import load_generator
+    from x2ct.models.x2ct_gan import GeneratorConfig, X2CTSingleView
+
+    torch.manual_seed(0)
+    model = X2CTSingleView(GeneratorConfig(grid_size=64, width=0.0625)).eval()
+    official = tmp_path / "30_net_G.pth"
+    torch.save({"iters": 1, "epoch": 30, "lr": 2e-4, "state_dict": model.state_dict()}, official)
+    out = tmp_path / "converted.safetensors"
+    result = run_cli("convert-checkpoint", str(official), str(out))
+    assert result.returncode == 0, result.stderr
+    converted = load_generator(out)
+    pa = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(pa), model(pa))
+
+
+def test_convert_checkpoint_refuses_a_pickle_with_code(tmp_path: Path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    result = run_cli("convert-checkpoint", str(evil), str(tmp_path / "out.safetensors"))
+    assert result.returncode == 2
+    assert "this must never run" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(f"x2ct: error: {evil}: ")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -65,17 +65,32 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .geometry import to_canonical
+    from .geometry import canonical_array, to_canonical
     from .io import read_ct, write_volume
     from .io.volume import VOLUME_SUFFIXES, volume_suffix
+    from .preview import save_picture, three_plane_picture
 
     if not volume_suffix(args.output):
         raise InputError(args.output, f"unknown output format; use one of {', '.join(VOLUME_SUFFIXES)}")
+    if args.preview and not args.canonical:
+        raise InputError(args.preview, "--preview needs --canonical (it draws the canonical grid's central slices)")
     image = read_ct(args.input)
     if args.canonical:
         image = to_canonical(image, size=args.size)
     write_volume(image, args.output)
     print(f"wrote {args.output}")
+    if args.preview:
+        title = f"{Path(args.input).name} on the canonical {args.size}^3 grid (320 mm cube)"
+        save_picture(three_plane_picture(canonical_array(image), title=title), args.preview)
+        print(f"wrote {args.preview}")
+    return 0
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from .models.checkpoints import convert_checkpoint
+
+    written = convert_checkpoint(args.input, args.output)
+    print(f"wrote {written}")
     return 0
 
 
@@ -142,7 +157,57 @@ def cmd_build_dataset(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.output))
+    run_demo(Path(args.output), device=args.device)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .pipeline import predict_manifest, predict_to_folder
+
+    options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force)
+    if args.manifest:
+        if args.pa or args.lateral:
+            raise InputError(args.manifest, "give either --manifest or --pa/--lateral, not both")
+        results = predict_manifest(args.manifest, args.output, view_override=args.view_override, **options)
+        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+        print(
+            f"predicted {counts['done']}, skipped {counts['skipped']} (finished earlier), failed {counts['failed']}; "
+            f"see {Path(args.output) / 'batch_summary.csv'}"
+        )
+        return 0 if counts["failed"] < len(results) else EXIT_USER_ERROR
+    if not args.pa:
+        if args.lateral:
+            raise InputError(args.lateral, "a lateral radiograph needs a PA radiograph (--pa)")
+        raise InputError(None, "give --pa FILE (and optionally --lateral FILE), or --manifest CSV")
+    prediction = predict_to_folder(args.output, args.pa, args.lateral, view_override=args.view_override, **options)
+    scores = ", ".join(f"{v} ncc {s['ncc']:.3f}" for v, s in prediction.consistency.items())
+    print(
+        f"wrote {args.output}/ with {prediction.model.name} on {prediction.model.device} "
+        f"in {prediction.timings_s['total']:.1f} s; re-projection consistency: {scores}"
+    )
+    return 0
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from .train import load_config, train_generator
+
+    overrides = list(args.set or [])
+    overrides += [f"{key}={value}" for key, value in (("data", args.data), ("out", args.output),
+                                                       ("device", args.device)) if value is not None]
+    result = train_generator(load_config(args.config, overrides))
+    if result.finished:
+        print(f"trained {result.global_step} steps in {result.seconds / 60:.1f} min; model in {result.model_dir}")
+    else:
+        print(f"stopped at step {result.global_step}; run the same command again to continue")
+    return 0
+
+
+def cmd_evaluate_generator(args: argparse.Namespace) -> int:
+    from .evaluate.generator import evaluate_generator, headline
+
+    csv_path, json_path, document = evaluate_generator(args.model, args.data, args.output, args.split, args.device)
+    print(headline(document))
+    print(f"wrote {csv_path} and {json_path}")
     return 0
 
 
@@ -165,7 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .nrrd, .nii, .nii.gz or .mha")
     p.add_argument("--canonical", action="store_true", help="resample onto the canonical body-centred 320 mm cube")
     p.add_argument("--size", type=int, default=128, choices=(64, 128, 256), help="canonical grid size (default 128)")
+    p.add_argument("--preview", metavar="PNG", help="with --canonical: also draw axial/coronal/sagittal slices")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "convert-checkpoint", help="convert an official X2CT-GAN .pth (loaded with weights_only) to safetensors + JSON"
+    )
+    p.add_argument("input", help="official *_net_G.pth (a dict with state_dict) or one of ours")
+    p.add_argument("output", help="OUT.safetensors (JSON written beside it) or a folder")
+    p.set_defaults(func=cmd_convert_checkpoint)
 
     p = sub.add_parser("drr", help="render digitally reconstructed radiographs (PA, lateral) of a CT")
     p.add_argument("ct", help="CT file or DICOM series folder")
@@ -207,8 +280,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
     p.set_defaults(func=cmd_build_dataset)
 
-    p = sub.add_parser("demo", help="run the demo on the bundled sample data")
+    p = sub.add_parser(
+        "predict",
+        help="synthetic CT from a PA (and optionally a lateral) chest radiograph",
+        description="Write DIR/synthetic_ct.nrrd (HU, canonical 320 mm grid, LPS), summary.json and report.png "
+        "(plus DIR/dicom/ with --dicom), all marked SYNTHETIC; research use only, not for diagnosis. With only "
+        "--pa a single-view model is used. --manifest CSV (columns pa, lateral, case_id; paths relative to the "
+        "CSV) predicts every case into DIR/<case_id>/, skips finished cases and carries on past failing ones "
+        "(exit 0 when at least one case is finished).",
+    )
+    p.add_argument("--pa", metavar="FILE", help="frontal (PA) radiograph: DICOM, PNG, JPEG, TIFF, NRRD, MHA")
+    p.add_argument("--lateral", metavar="FILE", help="lateral radiograph (needs --pa; selects a biplanar model)")
+    p.add_argument("--manifest", metavar="CSV", help="batch: a CSV with columns pa, lateral (optional), case_id")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="output folder (batch: root folder)")
+    p.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="bundled model name, official .pth or x2ct model "
+        "(default: x2ct-demo-biplanar with a lateral, x2ct-demo-singleview without)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
+    p.add_argument("--dicom", action="store_true", help="also write a DICOM CT series marked synthetic")
+    p.add_argument("--force", action="store_true", help="run even when DICOM BodyPartExamined is not chest")
+    p.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the files' view tags")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "train-generator",
+        help="train an X2CT-GAN generator (+B or +S) on a built data set; resumable",
+        description="Train with the official X2CT-GAN losses and schedule. Every setting comes from the config "
+        "file (default: the official settings, x2ct/train/generator_default.json) and --set KEY=VALUE overrides; "
+        "see docs/training.md. Running again with the same -o resumes from OUT/checkpoints/last.pt with "
+        "identical results.",
+    )
+    p.add_argument("--config", metavar="FILE", help="JSON config file (default: the official settings)")
+    p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
+    p.add_argument("-o", "--output", metavar="OUT", help="run folder: checkpoints, logs, final model (= --set out=OUT)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="= --set device=... (config default: auto)")
+    p.set_defaults(func=cmd_train_generator)
+
+    p = sub.add_parser(
+        "evaluate-generator",
+        help="score a generator on a data-set split under the declared metric protocol",
+        description="Run the generator on every case of the split (the case's stored DRRs as input) and compare "
+        "with its CT under docs/metric_protocol.md. Writes OUT/metrics_per_case.csv and OUT/metrics_summary.json.",
+    )
+    p.add_argument("--model", metavar="NAME|PATH", required=True,
+                   help="bundled model name, official .pth, x2ct model folder, or a train-generator run/checkpoint")
+    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder for the CSV and JSON")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
+    p.set_defaults(func=cmd_evaluate_generator)
+
+    p = sub.add_parser("demo", help="the demo: x2ct predict on the bundled sample radiographs with the demo models")
     p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_demo)
     return parser
 

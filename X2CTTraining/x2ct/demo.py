@@ -1,52 +1,86 @@
-"""``x2ct demo``: the README's main command, run on the bundled sample data.
+"""``x2ct demo``: the README's main command: ``x2ct predict`` on the bundled sample radiographs.
 
-At this stage of the project it inspects the bundled real chest CT, places it on the canonical
-320 mm grid, writes it in the exchange formats and draws a three-plane picture with orientation
-letters. It grows into radiographs -> synthetic CT -> findings as the models land.
+Inputs: ``Resources/SampleData/radiographs/pa.png`` and ``lateral.png``, DRRs of the bundled real
+chest CT (un-augmented, table removed; held out from the demo models' training; see the README
+there). Models: the bundled demo generators ``x2ct-demo-biplanar`` (+B: PA + lateral) and
+``x2ct-demo-singleview`` (+S: PA only).
+
+Output folder (default ``./x2ct-demo/``), written atomically as a whole::
+
+    biplanar/    synthetic_ct.nrrd, summary.json, report.png   (x2ct predict --pa --lateral)
+    singleview/  synthetic_ct.nrrd, summary.json, report.png   (x2ct predict --pa)
+    demo.json    both runs side by side: model, device, consistency, timings
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Dict
 
-import numpy as np
-import SimpleITK as sitk
+from .atomic import atomic_dir
+from .errors import InputError
+from .pipeline import ModelCache, Prediction, predict, write_prediction
+from .resources import resources_dir
 
-from .atomic import write_text_atomic
-from .geometry import canonical_array, grid_of, labels_to_canonical, to_canonical
-from .io import ct_info, read_ct, write_volume
-from .preview import save_picture, three_plane_picture
-from .resources import sample_ct_path, sample_labels_path
+DEMO_MODELS = {"biplanar": "x2ct-demo-biplanar", "singleview": "x2ct-demo-singleview"}
+"""Output subfolder -> bundled model name."""
 
-HEART_LABEL = 51
-"""Label value of the heart in the bundled TotalSegmentator-style label map (structures.csv)."""
+DEMO_SUMMARY = "demo.json"
 
 
-def run_demo(out: Path, size: int = 128) -> dict:
-    """Run the demo into ``out`` and return its summary (also written as ``summary.json``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/4] reading the sample chest CT {sample_ct_path().name}")
-    ct = read_ct(sample_ct_path())
-    print(f"[2/4] placing it on the canonical {size}^3 grid (320 mm cube)")
-    canonical = to_canonical(ct, size=size)
-    labels = labels_to_canonical(sitk.ReadImage(str(sample_labels_path())), canonical)
-    print("[3/4] writing canonical_ct.nrrd, canonical_ct.nii.gz, canonical_labels.nrrd")
-    write_volume(canonical, out / "canonical_ct.nrrd")
-    write_volume(canonical, out / "canonical_ct.nii.gz")
-    write_volume(labels, out / "canonical_labels.nrrd")
-    print("[4/4] drawing preview.png")
-    volume = canonical_array(canonical)
-    picture = three_plane_picture(volume, title="Sample chest CT on the canonical grid (real CT)")
-    save_picture(picture, out / "preview.png")
-    heart = np.argwhere(sitk.GetArrayViewFromImage(labels) == HEART_LABEL).mean(axis=0)
-    heart_lps = canonical.TransformContinuousIndexToPhysicalPoint([float(v) for v in heart[::-1]])
+def sample_radiographs() -> Dict[str, Path]:
+    """Paths of the bundled sample radiographs {"pa", "lateral"} (InputError when missing)."""
+    folder = resources_dir() / "SampleData" / "radiographs"
+    paths = {"pa": folder / "pa.png", "lateral": folder / "lateral.png"}
+    for path in paths.values():
+        if not path.is_file():
+            raise InputError(path, "sample radiograph missing; run Resources/SampleData/make_sample_radiographs.py")
+    return paths
+
+
+def _check_models() -> None:
+    """Refuse (one line naming the model) when a bundled demo model is not there."""
+    for name in DEMO_MODELS.values():
+        folder = resources_dir() / "Models" / name
+        if not (folder / "model.json").is_file():
+            raise InputError(folder, f"bundled demo model {name} not found (not trained yet); the demo needs it")
+
+
+def run_demo(out: Path, device: str = "auto") -> dict:
+    """Run both demo models on the sample radiographs into ``out``; return the ``demo.json`` record."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DEMO_SUMMARY).is_file())):
+        raise InputError(out, "output folder exists and is not empty (and is not an earlier x2ct demo)")
+    _check_models()
+    inputs = sample_radiographs()
+    cache = ModelCache(device)
+    predictions: Dict[str, Prediction] = {}
+    for n, (folder, name) in enumerate(DEMO_MODELS.items(), start=1):
+        lateral = inputs["lateral"] if folder == "biplanar" else None
+        model = cache.get(name, have_lateral=lateral is not None)
+        print(f"[{n}/{len(DEMO_MODELS) + 1}] {name} on {model.device}: {'PA + lateral' if lateral else 'PA only'}")
+        predictions[folder] = predict(model, inputs["pa"], lateral)
+    print(f"[{len(DEMO_MODELS) + 1}/{len(DEMO_MODELS) + 1}] writing {out}/")
     summary = {
-        "input": {"path": str(sample_ct_path()), **ct_info(ct)},
-        "canonical": {**ct_info(canonical), "grid_center_lps_mm": list(grid_of(canonical).center_lps)},
-        "heart_centroid_lps_mm": [round(v, 1) for v in heart_lps],
-        "outputs": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) + ["summary.json"],
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "runs": {
+            folder: {
+                "model": p.model.name,
+                "weights_sha256": p.model.sha256,
+                "device": str(p.model.device),
+                "consistency": p.consistency_score,
+                "consistency_per_view": p.consistency,
+                "generator_s": p.timings_s["generator"],
+                "outputs": f"{folder}/",
+            }
+            for folder, p in predictions.items()
+        },
+        "note": "SYNTHETIC CTs from DRRs of the bundled real CT; research use only, not for diagnosis",
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"done: {out}/ (heart centroid at LPS x = {heart_lps[0]:+.1f} mm, i.e. patient left is +x)")
+    with atomic_dir(out) as tmp:
+        for folder, prediction in predictions.items():
+            write_prediction(prediction, tmp / folder)
+        (tmp / DEMO_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    for folder, run in summary["runs"].items():
+        print(f"  {folder:<10} consistency {run['consistency']:.3f}  -> {out / folder / 'report.png'}")
     return summary

@@ -1,0 +1,122 @@
+"""``x2ct evaluate-generator``: score a generator on one split of a built data set under the metric protocol.
+
+For each case the generator sees the case's stored DRR(s) through the training loader
+(:mod:`x2ct.data.loader`: order-1 resize to the model's grid, /255) and its output, clamped to
+[0, 1], is compared with the loader's ground truth on the same grid (the official evaluation resizes
+the CT to the model's grid the same way). Both go to HU (``2500·unit − 1024``) and into
+:func:`x2ct.evaluate.image_metrics.case_metrics`, so every column is the one docs/metric_protocol.md
+declares. Writes ``metrics_per_case.csv`` and ``metrics_summary.json`` (protocol, statistics, plus the
+model, data and split that produced them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..atomic import write_text_atomic
+from ..data.loader import X2CTDataset, collate
+from ..errors import PathLike
+from ..intensity import HU_OFFSET, UNIT_RANGE
+from .image_metrics import case_metrics, write_metrics
+
+TRAIN_CHECKPOINT_SUFFIX = ".pt"
+
+
+def load_model(model: Union[str, PathLike, nn.Module], device: torch.device) -> nn.Module:
+    """A generator in eval mode: a module as is, a training checkpoint (``.pt`` written by
+    ``x2ct train-generator``, or its run folder), else anything :func:`x2ct.models.load_generator` accepts."""
+    if isinstance(model, nn.Module):
+        return model.to(device).eval()
+    path = Path(os.fspath(model))
+    if path.is_dir() and (path / "checkpoints" / "last.pt").is_file() and not (path / "model.json").is_file():
+        path = path / "checkpoints" / "last.pt"
+    if path.suffix == TRAIN_CHECKPOINT_SUFFIX and path.is_file():
+        from ..train.generator import generator_from_checkpoint
+
+        return generator_from_checkpoint(path, device)
+    from ..models import load_generator
+
+    return load_generator(os.fspath(model), device=device)
+
+
+def _views(net: nn.Module) -> int:
+    views = getattr(net, "views", ("PA", "LATERAL"))
+    return len(views)
+
+
+def _grid(net: nn.Module) -> int:
+    config = getattr(net, "config", None)
+    return int(getattr(config, "grid_size", 128))
+
+
+@torch.no_grad()
+def evaluate_generator(
+    model: Union[str, PathLike, nn.Module],
+    data: PathLike,
+    out: PathLike,
+    split: str = "test",
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+    limit: Optional[int] = None,
+) -> Tuple[Path, Path, Dict[str, Any]]:
+    """Score ``model`` on ``split`` of the data set ``data``; write the CSV and JSON into ``out``.
+
+    Returns (csv path, json path, summary document). Raises :class:`InputError` for a bad data
+    folder, an empty split or a model that cannot be loaded.
+    """
+    from ..models.checkpoints import resolve_device
+
+    device = resolve_device(device)
+    dataset = X2CTDataset(data, split, cache=False)  # checks the folder and the split before the model loads
+    net = load_model(model, device)
+    dataset.size, dataset.views = _grid(net), _views(net)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    rows: List[Dict[str, Any]] = []
+    for i in tqdm(range(count), desc=f"evaluate {split}", unit="case", disable=not progress, dynamic_ncols=True):
+        batch = collate([dataset[i]], device)
+        pred = net(batch["pa"], batch["lateral"]).float().clamp(0, 1).cpu().numpy()[0, 0]
+        gt = batch["ct"].cpu().numpy()[0, 0]
+        pred_hu = pred * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
+        gt_hu = gt * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
+        rows.append(case_metrics(batch["case_id"][0], pred_hu, gt_hu))
+    csv_path, json_path = write_metrics(rows, out)
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    meta = dict(getattr(net, "metadata", {}) or {})
+    document["model"] = {
+        "name": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
+        "architecture": getattr(net, "architecture", type(net).__name__),
+        "grid_size": _grid(net),
+        "sha256": meta.get("sha256"),
+    }
+    folder = str(Path(os.fspath(data)).resolve())
+    document["data"] = {"folder": folder, "split": split, "cases": dataset.case_ids[:count]}
+    document["device"] = str(device)
+    write_text_atomic(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return csv_path, json_path, document
+
+
+def headline(document: Dict[str, Any]) -> str:
+    """One line with the main means of a summary document."""
+    m = document["metrics"]
+
+    def mean(name: str, fmt: str) -> str:
+        value = m[name]["mean"]
+        return "n/a" if value is None else format(value, fmt)
+
+    return (
+        f"{document['n_cases']} cases: MAE body {mean('mae_hu_body', '.1f')} HU, "
+        f"official PSNR-3D {mean('official_psnr_3d', '.2f')} dB, SSIM-avg {mean('official_ssim_avg', '.4f')}, "
+        f"CS {mean('official_cs', '.4f')}; honest PSNR {mean('honest_psnr_db', '.2f')} dB, "
+        f"3D SSIM {mean('honest_ssim_3d', '.4f')}"
+    )
+
+
+__all__ = ["evaluate_generator", "headline", "load_model"]
