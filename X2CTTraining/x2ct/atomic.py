@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: write under a temporary name beside the target, then rename.
+"""Atomic file and folder writes (temporary name beside the target, then rename), and file hashing.
 
 A crash or an error half-way leaves either the old target or nothing, never a partial file.
 """
@@ -6,6 +6,7 @@ A crash or an error half-way leaves either the old target or nothing, never a pa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -81,3 +82,12 @@ def write_text_atomic(target: PathLike, text: str) -> None:
     """Write a UTF-8 text file atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -49,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..drr import MU_WATER_PER_MM, DRRGeometry, normalize, project
 from ..errors import InputError, PathLike
 from ..geometry import DIRECTION_LPS, EXTENT_MM, GRID_SIZES, grid_of, labels_to_canonical
@@ -312,14 +312,6 @@ def find_cases(input_path: PathLike, exclude: Optional[PathLike] = None) -> List
 # ------------------------------------------------------------------------------------------- per case
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _dicom_files(path: Path) -> List[Path]:
     """The files of the series :func:`x2ct.io.read_ct` reads from a folder (the largest series)."""
     return [Path(f) for f in max(find_dicom_series(path), key=lambda s: len(s.files)).files]
@@ -328,10 +320,10 @@ def _dicom_files(path: Path) -> List[Path]:
 def source_sha256(path: Path) -> str:
     """sha256 of a CT file; for a DICOM folder, of the series' files' sha256s with their names (sorted by name)."""
     if not path.is_dir():
-        return _sha256_file(path)
+        return sha256_file(path)
     digest = hashlib.sha256()
     for file in sorted(_dicom_files(path), key=lambda f: f.name):
-        digest.update(f"{file.name}\0{_sha256_file(file)}\n".encode())
+        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -547,10 +539,10 @@ class _SyntheticTask:
             "case_id": self.case_id,
             "patient_id": f"synthetic:{_safe_id(_strip_ct_suffix(self.ct_path.name))}",
             "source": str(self.ct_path.resolve()),
-            "source_sha256": _sha256_file(self.ct_path),
+            "source_sha256": sha256_file(self.ct_path),
             "source_kind": "synthetic",
             "labels_source": str(self.labels_path.resolve()),
-            "labels_sha256": _sha256_file(self.labels_path),
+            "labels_sha256": sha256_file(self.labels_path),
             "ori_spacing_mm": np.asarray(base.ori_spacing, dtype=np.float64),
             "synthetic_seed": self.options.seed,
             "synthetic_index": self.index,

@@ -22,7 +22,6 @@ mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..errors import InputError, PathLike
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..resources import resources_dir
@@ -63,15 +62,6 @@ OUTPUT_ORDER = "(N,1,D,H,W) canonical: D superior->inferior, H anterior->posteri
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
