@@ -423,6 +423,11 @@ class Prediction:
     ``volume_hu``: float32 (D, H, W) synthetic CT in HU on ``grid`` (canonical axes S->I, A->P, R->L).
     ``views``: the prepared inputs by view name ("PA", "LATERAL"). ``reprojections``: (S, S) per view in
     the model's input space. ``consistency``: {view: {"ncc", "ssim"}}. ``timings_s``: seconds per stage.
+    ``findings``: one record per classifier task (the ``findings.json`` entries: ``task``, ``label``,
+    ``probability``, ``threshold``, ``call``, ``model``, ``weights_sha256``, ``inputs``), empty when no
+    classifier ran. ``cams``: Grad-CAM maps in [0, 1] by input then task: ``cams["ct"][task]`` float32
+    (D, H, W) on ``grid`` (same axes as ``volume_hu``), ``cams["pa"][task]`` / ``cams["lateral"][task]``
+    float32 with the shape of that radiograph's ``pixels`` as read (aligned pixel for pixel).
     """
 
     volume_hu: np.ndarray
@@ -433,6 +438,8 @@ class Prediction:
     consistency: Dict[str, Dict[str, float]]
     timings_s: Dict[str, float]
     warnings: List[str]
+    findings: List[Dict[str, Any]] = field(default_factory=list)
+    cams: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
 
     def image(self) -> sitk.Image:
         """The synthetic CT as a SimpleITK image in HU (int16) with the grid's spacing/origin/direction (LPS)."""
