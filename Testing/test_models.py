@@ -8,6 +8,7 @@ built and loaded here, never run: full-size forward passes belong to bench/gener
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import pickle
@@ -17,6 +18,8 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from x2ct.errors import InputError
@@ -29,7 +32,14 @@ from x2ct.models import (
     convert_checkpoint,
     load_generator,
 )
-from x2ct.models.checkpoints import read_official_state_dict, resolve_device
+from x2ct.models.checkpoints import (
+    HEADER_KEY,
+    bundled_model_names,
+    models_dir,
+    read_official_state_dict,
+    resolve_device,
+    save_generator,
+)
 from x2ct.models.fast_ops import conv3d_fft, conv_transpose_subpixel
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -238,6 +248,51 @@ def test_conversion_round_trips_and_sha256_is_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="sha256 mismatch") as err:
         load_generator(weights)
     assert "tiny.safetensors" in str(err.value)
+
+
+def test_saving_is_byte_reproducible(tmp_path: Path) -> None:
+    """safetensors keeps ``__metadata__`` in a hash map whose order varies per save: we write one key only."""
+    model = official_init(X2CTSingleView(TINY), seed=3)
+    first = {"note": "untrained", "scores": {"mae": 1.5, "ssim": 0.5}}
+    second = {"scores": {"ssim": 0.5, "mae": 1.5}, "note": "untrained"}  # same content, other insertion order
+    saved = []
+    for i in range(8):  # the old two-key header came out in either order: 8 saves all agreeing by luck is 1/128
+        order = first if i % 2 == 0 else second
+        extra = {"b": 1, "a": 2} if i % 2 else {"a": 2, "b": 1}
+        meta_path = save_generator(model, tmp_path / str(i) / "tiny.safetensors", metrics=order, extra=extra)
+        weights = meta_path.with_suffix(".safetensors")
+        saved.append((weights.read_bytes(), meta_path.read_text(), json.loads(meta_path.read_text())["sha256"]))
+        with safe_open(str(weights), framework="pt") as fh:
+            header = fh.metadata()
+        assert list(header) == [HEADER_KEY]
+        assert json.loads(header[HEADER_KEY]) == {
+            "format": "x2ct-generator",
+            "format_version": 1,
+            "architecture": "x2ct_gan_singleview",
+            "hyperparameters": {"grid_size": 64, "width": 0.125},
+        }
+    assert all(item == saved[0] for item in saved[1:])
+    assert saved[0][2] == hashlib.sha256(saved[0][0]).hexdigest()
+
+
+def test_files_with_the_old_two_key_header_still_load(tmp_path: Path) -> None:
+    """Weights written before the one-key header ({format, architecture}) load, sha256 checked as recorded."""
+    model = official_init(X2CTSingleView(TINY), seed=4)
+    meta_path = save_generator(model, tmp_path / "new")
+    old_weights = tmp_path / "new" / "model.safetensors"
+    save_file(model.state_dict(), str(old_weights), metadata={"format": "x2ct-generator", "architecture": "x"})
+    metadata = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(metadata, sha256=hashlib.sha256(old_weights.read_bytes()).hexdigest())))
+    loaded = load_generator(tmp_path / "new")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", bundled_model_names())
+def test_bundled_models_keep_loading(name: str) -> None:
+    """The shipped files load with their recorded sha256 verified (they were saved with the old header)."""
+    model = load_generator(name)
+    weights = models_dir() / name / "model.safetensors"
+    assert model.metadata["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_bundled_model_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -27,6 +28,7 @@ from x2ct.errors import InputError
 from x2ct.evaluate.image_metrics import METRIC_NAMES, PROTOCOL_VERSION
 from x2ct.losses import discriminator_loss, generator_loss, projection
 from x2ct.train.config import DEFAULT_CONFIG, TrainConfig, load_config, parse_overrides
+from x2ct.train.generator import tensorboard_writer
 
 TINY = [
     "grid_size=64",
@@ -161,6 +163,56 @@ def test_default_file_is_the_official_config():
     assert c.lr_factor(50) == pytest.approx(1 - 1 / 51) and c.lr_factor(99) == pytest.approx(1 / 51)
 
 
+IMPORT_CONFIGS = """
+import importlib, json, sys
+results = []
+for root in sys.argv[1:]:
+    sys.path.insert(0, root)
+    for name in [m for m in sys.modules if m == "x2ct" or m.startswith("x2ct.")]:
+        del sys.modules[name]
+    try:
+        config = importlib.import_module("x2ct.train.config")
+        results.append({"file": config.__file__, "defaults": config.TrainConfig().to_dict(),
+                        "loaded": config.load_config().to_dict()})
+    except Exception as err:
+        results.append({"error": f"{type(err).__name__}: {err}"})
+    sys.path.remove(root)
+print(json.dumps(results))
+"""
+
+
+def test_default_file_is_the_only_source_of_defaults(tmp_path):
+    """Edit generator_default.json in a copy of the package: TrainConfig() follows; a bad file fails the import."""
+    import x2ct
+
+    package = Path(x2ct.__file__).parent
+    variants = {
+        "changed": lambda d: dict(d, lr=0.001, batch_size=2, tensorboard="off"),
+        "missing": lambda d: {k: v for k, v in d.items() if k != "ndf"},
+        "unknown": lambda d: dict(d, learning_rate=0.1),
+        "mistyped": lambda d: dict(d, width=1),
+    }
+    roots = []
+    for name, edit in variants.items():
+        root = tmp_path / name
+        copy = root / "x2ct"
+        shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        default = copy / "train" / DEFAULT_CONFIG.name
+        default.write_text(json.dumps(edit(json.loads(default.read_text()))))
+        roots.append(str(root))
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_CONFIGS, *roots], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    changed, missing, unknown, mistyped = json.loads(proc.stdout)
+    assert changed["file"].startswith(roots[0])
+    expected = dict(TrainConfig().to_dict(), lr=0.001, batch_size=2, tensorboard="off")
+    assert changed["defaults"] == changed["loaded"] == expected
+    assert "the default of setting 'ndf' is missing" in missing["error"]
+    assert "unknown setting(s) learning_rate" in unknown["error"]
+    assert "setting width=1 is not a float" in mistyped["error"]
+
+
 def test_config_file_then_overrides(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"_comment": "ignored", "views": 1, "lr": 1e-3, "width": 0.5, "data": "/d"}))
@@ -216,10 +268,11 @@ def test_resume_after_interruption_is_bit_identical(dataset, straight_run, tmp_p
     assert (run / "scalars.csv").read_text() == (straight_run / "scalars.csv").read_text()  # every loss, every step
     meta_b = json.loads((run / "model" / "model.json").read_text())
     assert meta_b["sha256"] == sha256(run / "model" / "model.safetensors")
-    # the exported weights are the same tensors (compared as tensors: the safetensors header's metadata
-    # order follows the process's hash seed, so file bytes may differ)
-    fa, fb = load_file(straight_run / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
-    assert fa.keys() == b["G"].keys() and all(torch.equal(fa[k], fb[k]) and torch.equal(fb[k], b["G"][k]) for k in fa)
+    # the exported weights file is the same, byte for byte, and holds the final G
+    exported = run / "model" / "model.safetensors"
+    assert exported.read_bytes() == (straight_run / "model" / "model.safetensors").read_bytes()
+    fb = load_file(exported)
+    assert fb.keys() == b["G"].keys() and all(torch.equal(fb[k], b["G"][k]) for k in fb)
     assert (run / "checkpoints" / "epoch_0002.pt").is_file() and (run / "samples" / "epoch_0002.png").is_file()
 
 
@@ -238,6 +291,54 @@ def test_run_folder_and_model_metadata(straight_run):
 def test_changed_settings_do_not_resume(dataset, straight_run):
     code, _, stderr = run_cli(*train_args(dataset, straight_run, "lr=0.001"))
     assert code == 2 and "holds a run with lr=0.0002, not 0.001" in one_error_line(stderr)
+
+
+# -------------------------------------------------------------------------------------- tensorboard
+
+ONE_STEP = ["batch_size=3", "epochs_decay=0"]
+"""With TINY: one epoch of one step (all 3 cases), then validation, a montage and the export."""
+
+
+def test_tensorboard_holds_the_scalars_and_the_montage(dataset, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard package (x2ct[train] extra) is not installed")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(*train_args(dataset, out, *ONE_STEP, "tensorboard=on"))
+    assert code == 0, stderr
+    assert "not installed" not in stderr
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    with open(out / "scalars.csv", newline="") as fh:
+        logged = {row["tag"]: float(row["value"]) for row in csv.DictReader(fh)}  # one step: one value per tag
+    losses = {f"loss/{k}" for k in ("g_gan", "g_recon", "g_proj", "g_total", "d_real", "d_fake", "d_total")}
+    assert losses | {"lr", "val/mae_hu", "val/mse"} == set(logged) == set(events.Tags()["scalars"])
+    for tag, value in logged.items():
+        (event,) = events.Scalars(tag)
+        assert event.step == 1 and event.value == pytest.approx(value, rel=1e-6), tag
+    assert events.Tags()["images"] == ["samples/pa_lateral__gt__prediction"]
+    (image,) = events.Images("samples/pa_lateral__gt__prediction")
+    decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
+    png = np.asarray(Image.open(out / "samples" / "epoch_0001.png"))
+    assert image.step == 1 and (image.height, image.width) == png.shape == (3 * 64, 3 * 64)
+    np.testing.assert_array_equal(decoded, np.repeat(png[..., None], 3, axis=2))  # grey montage stored as RGB
+
+
+def test_missing_tensorboard_is_one_line_or_one_note(dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    assert tensorboard_writer("off") is None and tensorboard_writer("auto") is None
+    code, _, stderr = run_cli(*train_args(dataset, tmp_path / "on", "tensorboard=on"))
+    line = one_error_line(stderr)
+    assert code == 2 and "tensorboard=on but the tensorboard package is not installed" in line
+    assert not (tmp_path / "on").exists()  # refused before anything was written
+    out = tmp_path / "auto"
+    code, _, stderr = run_cli(*train_args(dataset, out, *ONE_STEP))  # tensorboard=auto (the default)
+    assert code == 0, stderr
+    notes = [line for line in stderr.splitlines() if "not installed" in line]
+    assert len(notes) == 1 and notes[0].startswith("tensorboard is not installed: scalars go to "), stderr
+    assert (out / "scalars.csv").is_file() and (out / "samples" / "epoch_0001.png").is_file()
+    assert not (out / "tensorboard").exists()
 
 
 # ------------------------------------------------------------------------------------------- errors

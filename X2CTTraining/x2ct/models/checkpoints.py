@@ -16,6 +16,14 @@ which is verified on every load, and everything needed to use the model correctl
      "intensity": {...output [0,1] <-> HU...}, "output_order": "...", "training_data": ..., "metrics": ...,
      "source": {...provenance...}}
 
+The sidecar is written with sorted keys, and the safetensors header's ``__metadata__`` holds a single
+entry, ``"x2ct"``: a sorted-key JSON string of format, format_version, architecture and
+hyperparameters. The library keeps ``__metadata__`` in a hash map whose order changes from one save to
+the next, so a single entry is what makes saving the same weights and metadata twice give identical
+bytes (and sha256). Files written before this change have two entries (``format``, ``architecture``)
+in varying order. Loading never reads the header metadata, so those files still load and still match
+their recorded sha256.
+
 Every problem with a file (unreadable, not a checkpoint, unsafe pickle, wrong keys or shapes, hash
 mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming the file.
 """
@@ -40,6 +48,8 @@ Generator = Union[X2CTSingleView, X2CTBiplanar]
 
 FORMAT = "x2ct-generator"
 FORMAT_VERSION = 1
+HEADER_KEY = "x2ct"
+"""The one key of the safetensors ``__metadata__`` we write (see :func:`weights_header_metadata`)."""
 ARCHITECTURES: Dict[str, Type[nn.Module]] = {
     X2CTBiplanar.architecture: X2CTBiplanar,
     X2CTSingleView.architecture: X2CTSingleView,
@@ -196,6 +206,21 @@ def _our_paths(path: Path) -> Tuple[Path, Path]:
     return path, path.with_suffix(".json")
 
 
+def weights_header_metadata(model: Generator) -> Dict[str, str]:
+    """The safetensors ``__metadata__`` of our weights files: one ``"x2ct"`` entry, a sorted-key JSON string.
+
+    One entry, because safetensors serialises ``__metadata__`` from a hash map in an order that varies
+    between saves; a single key keeps the file bytes reproducible.
+    """
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,
+        "hyperparameters": model.config.to_dict(),
+    }
+    return {HEADER_KEY: json.dumps(header, sort_keys=True, separators=(",", ":"))}
+
+
 def save_generator(
     model: Generator,
     out_path: PathLike,
@@ -211,6 +236,7 @@ def save_generator(
     ``out_path`` ending in ``.safetensors`` writes that file and a ``.json`` beside it; any other
     path is a folder receiving ``model.safetensors`` + ``model.json``. Both files are written
     atomically, weights first, so a crash never leaves a JSON whose hash matches partial weights.
+    Both are byte-reproducible: the same weights and metadata (in any dict order) give the same bytes.
     """
     from safetensors.torch import save_file
 
@@ -222,7 +248,7 @@ def save_generator(
         weights, meta_path = out / "model.safetensors", out / "model.json"
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "architecture": model.architecture})
+        save_file(state, str(tmp), metadata=weights_header_metadata(model))
     metadata: Dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -241,7 +267,7 @@ def save_generator(
         "source": dict(source) if source is not None else None,
     }
     metadata.update(extra or {})
-    write_text_atomic(meta_path, json.dumps(metadata, indent=2) + "\n")
+    write_text_atomic(meta_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return meta_path
 
 

@@ -1,6 +1,8 @@
 """Settings of a generator training run: one flat JSON file, overridable with ``--set key=value``.
 
-The defaults (``generator_default.json`` beside this file, mirrored by :class:`TrainConfig`) are the
+``generator_default.json`` beside this file is the single source of the default values: the fields of
+:class:`TrainConfig` take their defaults from it when this module is imported, and the import fails if
+the file lacks a setting, has an unknown one or gives one a value of the wrong type. The defaults are the
 official X2CT-GAN ones (reference/x2ct_official.md §2): LSGAN ×0.1 with a conditional 3D PatchGAN,
 MSE ×10, projection L1 ×10 (averaged over three axes), Adam 2e-4 with betas (0.5, 0.99) for G and D,
 50 constant + 50 linearly decaying epochs, batch 4, 128³ grid, full width. docs/training.md lists
@@ -19,47 +21,78 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 from ..errors import InputError, PathLike
 
 DEFAULT_CONFIG = Path(__file__).with_name("generator_default.json")
-"""The default config file (official settings)."""
+"""The default config file (official settings); the only place the default values are written."""
+
+TENSORBOARD_MODES = ("auto", "on", "off")
+"""``tensorboard`` setting: use it when installed / require it / never."""
+
+
+def read_settings(file: Path) -> Dict[str, Any]:
+    """The settings of a flat JSON config file, minus keys starting with ``_`` (comments); InputError if unreadable."""
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(file, "config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(file, f"not a readable JSON config ({' '.join(str(err).split())})") from None
+    if not isinstance(document, dict):
+        raise InputError(file, "a config file must hold one JSON object of settings")
+    return {k: v for k, v in document.items() if not k.startswith("_")}
+
+
+_DEFAULTS = read_settings(DEFAULT_CONFIG)
+
+
+def _default(key: str) -> Any:
+    """The value of ``key`` in the default config file (a packaging error when it is missing)."""
+    try:
+        return _DEFAULTS[key]
+    except KeyError:
+        raise RuntimeError(f"{DEFAULT_CONFIG}: the default of setting {key!r} is missing") from None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of ``x2ct train-generator``; see docs/training.md for the meaning of each key."""
+    """Every setting of ``x2ct train-generator``; see docs/training.md for the meaning of each key.
+
+    Default values come from :data:`DEFAULT_CONFIG`; only the names and types are declared here.
+    """
 
     # data and run folder
-    data: Optional[str] = None
-    out: Optional[str] = None
-    train_split: str = "train"
-    val_split: str = "val"
-    cache: bool = True
+    data: Optional[str] = _default("data")
+    out: Optional[str] = _default("out")
+    train_split: str = _default("train_split")
+    val_split: str = _default("val_split")
+    cache: bool = _default("cache")
     # model
-    views: int = 2
-    grid_size: int = 128
-    width: float = 1.0
-    ndf: int = 64
+    views: int = _default("views")
+    grid_size: int = _default("grid_size")
+    width: float = _default("width")
+    ndf: int = _default("ndf")
     # losses
-    gan_weight: float = 0.1
-    recon_weight: float = 10.0
-    projection_weight: float = 10.0
+    gan_weight: float = _default("gan_weight")
+    recon_weight: float = _default("recon_weight")
+    projection_weight: float = _default("projection_weight")
     # optimisation
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.99
-    epochs_constant: int = 50
-    epochs_decay: int = 50
-    batch_size: int = 4
-    seed: int = 0
+    lr: float = _default("lr")
+    beta1: float = _default("beta1")
+    beta2: float = _default("beta2")
+    epochs_constant: int = _default("epochs_constant")
+    epochs_decay: int = _default("epochs_decay")
+    batch_size: int = _default("batch_size")
+    seed: int = _default("seed")
     # execution
-    device: str = "auto"
-    amp: bool = True
-    threads: int = 0
+    device: str = _default("device")
+    amp: bool = _default("amp")
+    threads: int = _default("threads")
     # bookkeeping
-    checkpoint_every_steps: int = 0
-    keep_every_epochs: int = 10
-    max_steps: int = 0
-    val_every_epochs: int = 1
-    sample_every_epochs: int = 1
-    progress: bool = True
+    checkpoint_every_steps: int = _default("checkpoint_every_steps")
+    keep_every_epochs: int = _default("keep_every_epochs")
+    max_steps: int = _default("max_steps")
+    val_every_epochs: int = _default("val_every_epochs")
+    sample_every_epochs: int = _default("sample_every_epochs")
+    progress: bool = _default("progress")
+    tensorboard: str = _default("tensorboard")
 
     @property
     def epochs(self) -> int:
@@ -113,6 +146,8 @@ class TrainConfig:
                 raise bad(key, "must be in [0, 1)")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise bad("device", "use auto, cpu or cuda[:index]")
+        if self.tensorboard not in TENSORBOARD_MODES:
+            raise bad("tensorboard", "use auto (when installed), on (required) or off")
         return self
 
 
@@ -130,6 +165,7 @@ RESUMABLE_KEYS = frozenset(
         "val_every_epochs",
         "sample_every_epochs",
         "progress",
+        "tensorboard",
     }
 )
 """Keys that may differ between a checkpoint's config and the resuming run (they do not change the
@@ -175,19 +211,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> TrainConfig:
     """The defaults, updated by the JSON file ``path`` (flat object of settings), then by ``key=value`` overrides."""
-    config = TrainConfig()
-    file = Path(os.fspath(path)) if path is not None else DEFAULT_CONFIG
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(file, "config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(file, f"not a readable JSON config ({' '.join(str(err).split())})") from None
-    if not isinstance(document, dict):
-        raise InputError(file, "a config file must hold one JSON object of settings")
-    values = {k: _coerce(k, v, str(file)) for k, v in document.items() if not k.startswith("_")}
+    values: Dict[str, Any] = {}
+    if path is not None:
+        file = Path(os.fspath(path))
+        values = {k: _coerce(k, v, str(file)) for k, v in read_settings(file).items()}
     values.update(parse_overrides(overrides))
-    return replace(config, **values).validate()
+    return replace(TrainConfig(), **values).validate()
 
 
 def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
@@ -213,3 +242,18 @@ def config_differences(a: TrainConfig, b: TrainConfig, ignore: Sequence[str] = (
 
 
 ConfigLike = Union[TrainConfig, Mapping[str, Any]]
+
+
+def _check_default_file() -> None:
+    """Refuse (at import) a default file with unknown settings or values of the wrong type."""
+    unknown = sorted(set(_DEFAULTS) - set(_FIELDS))
+    if unknown:
+        raise RuntimeError(f"{DEFAULT_CONFIG}: unknown setting(s) {', '.join(unknown)}")
+    for key, value in _DEFAULTS.items():
+        coerced = _coerce(key, value, str(DEFAULT_CONFIG))
+        if type(coerced) is not type(value):
+            raise RuntimeError(f"{DEFAULT_CONFIG}: setting {key}={value!r} is not a {_FIELDS[key].type}")
+    TrainConfig().validate()
+
+
+_check_default_file()

@@ -12,8 +12,8 @@ Run folder ``OUT``::
     config.json                 the resolved settings
     checkpoints/last.pt         everything needed to continue (atomic; loads with weights_only=True)
     checkpoints/epoch_XXXX.pt   copies every ``keep_every_epochs`` epochs
-    scalars.csv                 step,tag,value (always; TensorBoard too when installed)
-    tensorboard/                scalars and sample montages (when the ``tensorboard`` package is installed)
+    scalars.csv                 step,tag,value (always; TensorBoard too, see the ``tensorboard`` setting)
+    tensorboard/                scalars and sample montages (``tensorboard=auto``: when the package is installed)
     samples/epoch_XXXX.png      montage: input radiograph(s), then GT and prediction mid-slices
     model/                      the final generator, exported with x2ct.models.checkpoints
 
@@ -125,10 +125,31 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------- logging
 
 
-class ScalarLog:
-    """Scalars to ``OUT/scalars.csv`` (step,tag,value) and, when installed, TensorBoard; images likewise."""
+def tensorboard_writer(mode: str) -> Optional[type]:
+    """``SummaryWriter`` for ``tensorboard=on|auto`` when the package imports, else None.
 
-    def __init__(self, out: Path, resume_step: int, log: Log) -> None:
+    ``on`` without the package is an :class:`InputError` (one line, raised before anything is written);
+    ``auto`` without it returns None and the run logs one note; ``off`` always returns None.
+    """
+    if mode == "off":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if mode == "on":
+            raise InputError(
+                None,
+                "tensorboard=on but the tensorboard package is not installed "
+                "(pip install 'x2ct[train]', or --set tensorboard=auto|off)",
+            ) from None
+        return None
+    return SummaryWriter
+
+
+class ScalarLog:
+    """Scalars to ``OUT/scalars.csv`` (step,tag,value) and, given a ``writer`` class, TensorBoard; images likewise."""
+
+    def __init__(self, out: Path, resume_step: int, writer: Optional[type]) -> None:
         self.path = out / SCALARS
         kept: List[List[str]] = []
         if resume_step and self.path.is_file():  # drop what was logged after the checkpoint
@@ -139,16 +160,8 @@ class ScalarLog:
         write_text_atomic(self.path, buffer.getvalue())
         self._fh = open(self.path, "a", newline="")
         self._csv = csv.writer(self._fh, lineterminator="\n")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.tb = None
-            log(
-                f"tensorboard is not installed: scalars go to {self.path} and montages to {out / 'samples'} "
-                "only (pip install 'x2ct[train]' for TensorBoard)"
-            )
-        else:
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        purge = resume_step + 1 if resume_step else None
+        self.tb = writer(str(out / "tensorboard"), purge_step=purge) if writer is not None else None
 
     def scalars(self, step: int, values: Dict[str, float]) -> None:
         for tag, value in values.items():
@@ -279,6 +292,7 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
     if not config.data or not config.out:
         raise InputError(None, "give the data folder (--data / data=...) and the run folder (-o / out=...)")
     data, out = Path(config.data), Path(config.out)
+    writer = tensorboard_writer(config.tensorboard)  # tensorboard=on without the package fails here
     ckpt_dir = out / "checkpoints"
 
     # ---- resume or start: the checkpoint's settings win, except the bookkeeping keys
@@ -373,7 +387,12 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
             },
         )
 
-    scalars = ScalarLog(out, global_step, log)
+    if writer is None and config.tensorboard == "auto":
+        log(
+            f"tensorboard is not installed: scalars go to {out / SCALARS} and montages to {out / 'samples'} "
+            "only (pip install 'x2ct[train]' for TensorBoard)"
+        )
+    scalars = ScalarLog(out, global_step, writer)
     started = time.perf_counter()
     bar = tqdm(
         total=total_steps,
