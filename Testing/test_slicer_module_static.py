@@ -3,8 +3,10 @@
 They read the module's Python, .ui and CMake files as text/AST and compare them with facts taken
 from Slicer's source: every ``slicer.util`` name must exist (Testing/data/slicer_util_functions.txt
 lists the top-level functions of Base/Python/slicer/util.py), the template's class names and CMake
-calls must be present, the code must parse as Python 3.9 (Slicer 5.8), and every widget the code
-touches must exist in the .ui. The pure geometry helper in X2CTReconLib is tested numerically.
+calls must be present, the code must parse as Python 3.9 (Slicer 5.8), every widget the code
+touches must exist in the .ui, and every other Slicer/VTK method the module calls must be listed in
+the README's Slicer API table. The pure helpers in X2CTReconLib are tested numerically; the logic
+itself runs against the Slicer stand-in in Testing/test_slicer_logic.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ MODULE_DIR = REPO / "X2CTRecon"
 MODULE_FILE = MODULE_DIR / "X2CTRecon.py"
 LIB_DIR = MODULE_DIR / "X2CTReconLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "X2CTRecon.ui"
+BATCH_SCRIPT = MODULE_DIR / "Scripts" / "x2ct_batch.py"
+REQUIREMENTS_FILE = MODULE_DIR / "Resources" / "requirements.txt"
 UTIL_NAMES_FILE = REPO / "Testing" / "data" / "slicer_util_functions.txt"
 
 REQUIRED_CLASSES = ("X2CTRecon", "X2CTReconWidget", "X2CTReconLogic", "X2CTReconTest")
@@ -50,7 +54,7 @@ SLICER_UTIL_CLASSES = {
 
 
 def module_sources() -> List[Path]:
-    return [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
+    return [MODULE_FILE, *sorted(LIB_DIR.glob("*.py")), BATCH_SCRIPT]
 
 
 def parse(path: Path) -> ast.Module:
@@ -174,10 +178,12 @@ def test_parameter_node_class_fields_and_optional():
     cls = parameter_node_class(parse(MODULE_FILE))
     assert cls.name == "X2CTReconParameterNode"
     fields = parameter_fields(cls)
-    assert set(fields) >= {"paVolume", "lateralVolume", "device"}
+    assert set(fields) == {"paVolume", "lateralVolume", "model", "device", "heatMapOpacity", "heatMapThreshold"}
     assert ast.unparse(fields["paVolume"]) == "vtkMRMLScalarVolumeNode"
     assert ast.unparse(fields["lateralVolume"]) == "Optional[vtkMRMLScalarVolumeNode]"
     assert "Choice" in ast.unparse(fields["device"]) and ast.unparse(fields["device"]).startswith("Annotated[str")
+    for name in ("heatMapOpacity", "heatMapThreshold"):  # a ctkSliderWidget binding needs a bounded float
+        assert ast.unparse(fields[name]) == "Annotated[float, WithinRange(0.0, 1.0)]"
     for name, annotation in fields.items():
         # PEP 604 unions fail on Python 3.9 inside a parameter node class, even as strings.
         unions = [n for n in ast.walk(annotation) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)]
@@ -282,7 +288,7 @@ def test_ui_is_well_formed_with_qmrmlwidget_top():
 
 def test_every_widget_the_module_uses_exists_in_ui():
     used = self_ui_names(parse(MODULE_FILE))
-    assert {"applyButton", "resultsLabel", "deviceComboBox"} <= used  # the collector works
+    assert {"applyButton", "cancelButton", "progressBar", "findingsTableView"} <= used  # the collector works
     missing = used - set(ui_widgets())
     assert not missing, f"self.ui.* names not in {UI_FILE.name}: {sorted(missing)}"
 
@@ -294,7 +300,13 @@ def test_slicer_parameter_names_are_parameter_node_fields():
         for name, widget in ui_widgets().items()
         if widget_property(widget, "SlicerParameterName") is not None
     }
-    assert bound == {"paSelector": "paVolume", "lateralSelector": "lateralVolume", "deviceComboBox": "device"}
+    assert bound == {
+        "paSelector": "paVolume",
+        "lateralSelector": "lateralVolume",
+        "deviceComboBox": "device",
+        "heatMapOpacitySlider": "heatMapOpacity",
+        "heatMapThresholdSlider": "heatMapThreshold",
+    }
     assert set(bound.values()) <= fields
 
 
@@ -303,20 +315,28 @@ def test_ui_widgets_and_sections():
     for name in ("paSelector", "lateralSelector"):
         assert widgets[name].get("class") == "qMRMLNodeComboBox"
         assert property_text(widgets[name], "nodeTypes") == "vtkMRMLScalarVolumeNode"
-    assert widgets["deviceComboBox"].get("class") == "QComboBox"
-    assert widgets["applyButton"].get("class") == "QPushButton"
-    assert widgets["resultsLabel"].get("class") == "QLabel"
+    for name in ("deviceComboBox", "modelComboBox", "heatMapOutputComboBox", "heatMapOverComboBox"):
+        assert widgets[name].get("class") == "QComboBox", name
+    for name in ("applyButton", "cancelButton", "saveVolumeButton", "exportDicomButton", "saveFindingsButton"):
+        assert widgets[name].get("class") == "QPushButton", name
+    for name in ("heatMapOpacitySlider", "heatMapThresholdSlider"):
+        assert widgets[name].get("class") == "ctkSliderWidget", name
+    assert widgets["findingsTableView"].get("class") == "qMRMLTableView"
+    assert widgets["progressBar"].get("class") == "QProgressBar"
     assert property_text(widgets["bannerLabel"], "text") == "SYNTHETIC — research use only"
+    assert list(ui_widgets()).index("bannerLabel") == 1  # first thing in the panel (after the root widget)
     for hidden in ("progressBar", "cancelButton"):
         assert property_text(widgets[hidden], "visible") == "false"
     sections = {
         property_text(w, "text") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"
     }
-    assert sections == {"Inputs", "Advanced", "Outputs"}
+    assert sections == {"Inputs", "Advanced", "Results", "Save and export"}
+    declared = {c.findtext("class") for c in ui_tree().getroot().iter("customwidget")}
+    assert {w.get("class") for w in widgets.values() if w.get("class")[0] in "qc"} <= declared
 
 
 def test_every_node_selector_gets_the_scene():
-    selectors = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    selectors = {name for name, w in ui_widgets().items() if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")}
     connected = {
         c.findtext("receiver")
         for c in ui_tree().getroot().iter("connection")
@@ -416,7 +436,12 @@ def test_module_cmake_lists_every_script_and_resource():
     resources = resolve_module_name(cmake_set(text, "MODULE_PYTHON_RESOURCES"), "X2CTRecon")
     expected_scripts = {"X2CTRecon.py"} | {f"X2CTReconLib/{p.name}" for p in LIB_DIR.glob("*.py")}
     assert set(scripts) == expected_scripts
-    assert {"Resources/Icons/X2CTRecon.png", "Resources/UI/X2CTRecon.ui"} <= set(resources)
+    assert {
+        "Resources/Icons/X2CTRecon.png",
+        "Resources/UI/X2CTRecon.ui",
+        "Resources/requirements.txt",
+        "Scripts/x2ct_batch.py",
+    } <= set(resources)
     for item in scripts + resources:  # slicerMacroBuildScriptedModule stops on a missing file
         assert (MODULE_DIR / item).is_file(), item
 
@@ -486,137 +511,69 @@ def test_voxel_array_order_and_types(recon_lib):
         recon_lib.voxelArrayFromImage(sitk.GetImageFromArray(np.zeros((4, 4, 3), np.uint8), isVector=True))
 
 
-# --- (g) X2CTReconLogic against the pure-Python Slicer stand-in (Testing/slicer_standin) -------------------
+def test_top_level_cmake_bundles_models_and_sample_radiographs_where_x2ct_looks():
+    text = cmake_text(REPO / "CMakeLists.txt")
+    assert cmake_set(text, "X2CT_RESOURCES_SUBDIR") == ["X2CTReconLib/Resources"]
+    # x2ct.resources looks three folders above x2ct/resources.py: X2CTReconLib/bundled/x2ct -> X2CTReconLib.
+    resources_py = REPO / "X2CTTraining" / "x2ct" / "resources.py"
+    assert "parents[2]" in resources_py.read_text()
+    for item in ("Resources/Models", "Resources/SampleData/radiographs"):
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{item}" in text and (REPO / item).is_dir(), item
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Classifiers" in text  # x2ct.findings.CLASSIFIERS_FOLDER
 
 
-@pytest.fixture()
-def recon(monkeypatch):
-    """The X2CTRecon module imported against the stand-in; yields (module, fake slicer)."""
-    import slicer_standin
-
-    fake_slicer = slicer_standin.install(monkeypatch)
-    monkeypatch.setattr(sys, "path", [str(MODULE_DIR), *sys.path])
-    for name in ("X2CTRecon", "X2CTReconLib"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    import X2CTRecon
-
-    yield X2CTRecon, fake_slicer
-    for name in ("X2CTRecon", "X2CTReconLib"):
-        sys.modules.pop(name, None)
+# --- (g) dependencies and the README's API table ---------------------------------------------------------
 
 
-@pytest.fixture()
-def png_radiograph(tmp_path) -> Tuple[Path, Tuple[int, int]]:
-    rows, columns = 120, 90
-    pixels = np.tile(np.linspace(20, 230, columns, dtype=np.uint8), (rows, 1))
-    path = tmp_path / "chest pa.png"
-    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(path))
-    return path, (rows, columns)
+def test_requirements_match_the_x2ct_package():
+    import tomllib
+
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from X2CTReconLib.dependencies import readRequirements, requirementName
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    project = tomllib.loads((REPO / "X2CTTraining" / "pyproject.toml").read_text())["project"]
+    package = {requirementName(r): r.replace(" ", "") for r in project["dependencies"]}
+    module = {requirementName(r): r.replace(" ", "") for r in readRequirements(REQUIREMENTS_FILE)}
+    assert "torch" not in module  # PyTorch comes from the PyTorch extension
+    for name, requirement in module.items():
+        assert package.get(name) == requirement, (name, requirement, package.get(name))
 
 
-def test_logic_inspects_file_loaded_radiograph(recon, png_radiograph):
-    module, fake_slicer = recon
-    path, shape = png_radiograph
-    logic = module.X2CTReconLogic()
-    logic.checkDependencies(requireTorch=False)
-    node = fake_slicer.vtkMRMLScalarVolumeNode("chest pa", fileName=str(path))
-
-    radiograph = logic.inspectRadiograph(node, "PA")
-    assert radiograph.view == "PA" and radiograph.pixels.shape == shape
-    report = logic.describeRadiograph(node.GetName(), radiograph)
-    assert "view: PA (as selected)" in report and "90 × 120 pixels" in report and "unknown" in report
-    # A PNG records no view, so the input it was chosen for decides.
-    assert logic.inspectSelectedRadiograph(node, "LATERAL").view == "LATERAL"
+NOT_SLICER_RECEIVERS = {"sitk", "argparse", "X2CTReconLib", "X2CTRecon"}
+"""Modules whose capitalised calls are not Slicer/VTK APIs (SimpleITK, the standard library, our own code)."""
+SIMPLEITK_METHODS = {"TransformIndexToPhysicalPoint"}  # called on a SimpleITK image in selftest.py
 
 
-def test_logic_finds_dicom_file_through_database(recon, png_radiograph):
-    module, fake_slicer = recon
-    path, _ = png_radiograph
-    logic = module.X2CTReconLogic()
-    logic.checkDependencies(requireTorch=False)
-    node = fake_slicer.vtkMRMLScalarVolumeNode("from DICOM")
-    node.SetAttribute("DICOM.instanceUIDs", "1.2.826.0.1.3 1.2.826.0.1.4")
-    fake_slicer.dicomDatabase.files["1.2.826.0.1.3"] = str(path)
-    assert logic.radiographFilePath(node) == str(path)
-
-    del fake_slicer.dicomDatabase.files["1.2.826.0.1.3"]
-    with pytest.raises(logic.userErrorTypes()) as error:
-        logic.radiographFilePath(node)
-    assert "DICOM database" in str(error.value) and "\n" not in str(error.value)
-
-
-def test_logic_user_errors_are_input_errors(recon, tmp_path):
-    module, fake_slicer = recon
-    from x2ct.errors import InputError
-
-    logic = module.X2CTReconLogic()
-    logic.checkDependencies(requireTorch=False)
-    assert InputError in logic.userErrorTypes()
-    with pytest.raises(InputError, match="not loaded from a file"):
-        logic.inspectRadiograph(fake_slicer.vtkMRMLScalarVolumeNode("made in memory"), "PA")
-    moved = tmp_path / "moved away.png"  # loaded earlier, then deleted or moved on disk
-    with pytest.raises(InputError, match="moved away.png"):
-        logic.inspectRadiograph(fake_slicer.vtkMRMLScalarVolumeNode("moved", fileName=str(moved)), "PA")
+def called_methods(tree: ast.AST) -> Set[str]:
+    """Names of every ``<something>.<Name>(...)`` call whose method name starts with a capital (VTK/MRML style),
+    except calls on :data:`NOT_SLICER_RECEIVERS` and of classes defined in the module itself."""
+    own = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)} | {"DependencyError"}
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr[:1].isupper()
+        and not (isinstance(node.func.value, ast.Name) and node.func.value.id in NOT_SLICER_RECEIVERS)
+        and node.func.attr not in own | SIMPLEITK_METHODS
+    }
 
 
-def test_logic_rejects_lateral_file_as_frontal_input(recon, monkeypatch):
-    module, fake_slicer = recon
-    from x2ct.errors import InputError
-    from x2ct.io.radiograph import Radiograph
-
-    logic = module.X2CTReconLogic()
-    lateral = Radiograph(pixels=np.zeros((64, 64), np.float32), view="LATERAL", spacing_mm=None, metadata={})
-    monkeypatch.setattr(logic, "inspectRadiograph", lambda node, view=None: lateral)
-    node = fake_slicer.vtkMRMLScalarVolumeNode("lat", fileName="/data/lat.dcm")
-    with pytest.raises(InputError, match="LATERAL radiograph but was selected as the PA input"):
-        logic.inspectSelectedRadiograph(node, "PA")
-    assert logic.inspectSelectedRadiograph(node, "LATERAL") is lateral
+def readme_slicer_section() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("## 3D Slicer")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
 
 
-def test_logic_add_volume_from_canonical_image(recon):
-    module, _ = recon
-    from x2ct.geometry import CanonicalGrid
-
-    grid = CanonicalGrid(size=64)
-    voxels = np.random.default_rng(0).random(grid.shape_dhw, dtype=np.float32)
-    node = module.X2CTReconLogic().addVolumeFromImage(grid.image_from_array(voxels), "SYNTHETIC test")
-    np.testing.assert_allclose(node.ijkToRAS, grid.ijk_to_ras(), atol=1e-9)
-    np.testing.assert_array_equal(node.voxels, voxels)
-    assert node.GetName() == "SYNTHETIC test"
-
-
-class _FakeTorchLogic:
-    installed = False
-    installResult = None
-    calls: List[dict] = []
-
-    def torchInstalled(self):
-        return self.installed
-
-    def installTorch(self, **kwargs):
-        _FakeTorchLogic.calls.append(kwargs)
-        return self.installResult
-
-
-def test_dependency_check_reports_missing_pytorch_extension(recon, monkeypatch):
-    module, _ = recon
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails like a missing extension
-    with pytest.raises(module.X2CTReconLib.DependencyError, match="Extensions Manager"):
-        module.X2CTReconLogic().checkDependencies(requireTorch=True)
-
-
-def test_dependency_check_installs_torch_through_pytorchutils(recon, monkeypatch):
-    import types
-
-    module, _ = recon
-    fake = types.ModuleType("PyTorchUtils")
-    fake.PyTorchUtilsLogic = _FakeTorchLogic
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
-    _FakeTorchLogic.calls = []
-    with pytest.raises(module.X2CTReconLib.DependencyError, match="PyTorch"):
-        module.X2CTReconLogic().checkDependencies(requireTorch=True)  # the user declined the install
-    assert _FakeTorchLogic.calls == [{"askConfirmation": True, "torchVersionRequirement": ">=2.1"}]
-
-    monkeypatch.setattr(_FakeTorchLogic, "installed", True)
-    module.X2CTReconLogic().checkDependencies(requireTorch=True)  # torch present: nothing to install
-    assert len(_FakeTorchLogic.calls) == 1
+def test_every_slicer_and_vtk_method_is_in_the_readme_api_table():
+    section = readme_slicer_section()
+    used = set()
+    for path in (MODULE_FILE, LIB_DIR / "selftest.py", BATCH_SCRIPT):
+        used |= called_methods(parse(path))
+    assert {"AddNewNodeByClass", "SetCellText", "CreateDefaultVolumeRenderingNodes"} <= used  # the collector works
+    missing = sorted(name for name in used if f"`{name}" not in section and f" {name}`" not in section
+                     and f"{name}`" not in section and f"`{name}(" not in section)
+    assert not missing, f"Slicer/VTK methods used but not in the README's API table: {missing}"

@@ -1,14 +1,17 @@
 """X2CTRecon: synthetic 3D chest CT from chest radiographs. Research use only; not for diagnosis.
 
-GUI and MRML glue only. Everything else (reading radiographs, geometry, models) is done by the
-headless ``x2ct`` package, which ships with this module (see X2CTReconLib.addBundledX2CTToPath).
+GUI and MRML glue only. Everything else (reading radiographs, geometry, models, findings, heat maps)
+is done by the headless ``x2ct`` package, which ships with this module (see
+X2CTReconLib.addBundledX2CTToPath); its one inference pipeline is called in
+X2CTReconLogic.runPipeline and nowhere else.
 The code must run on Slicer 5.8 (Python 3.9): use typing.Optional, never ``X | None``. There is
 deliberately no ``from __future__ import annotations``: @parameterNodeWrapper reads the annotations.
 """
 
 import logging
 import os
-from typing import Annotated, List, Optional, Tuple
+from pathlib import Path
+from typing import Annotated, Any, Callable, Dict, List, Optional, Tuple
 
 import slicer
 import vtk
@@ -16,7 +19,7 @@ import X2CTReconLib
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -24,6 +27,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from X2CTReconLib import dependencies as X2CTDependencies
+from X2CTReconLib import results as X2CTResults
+from X2CTReconLib.background import BackgroundTask
 
 SYNTHETIC_BANNER = "SYNTHETIC — research use only"
 
@@ -31,6 +37,29 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEVICE_LABELS = {"auto": "Automatic (GPU if available)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 
 MINIMUM_TORCH_VERSION = "2.1"  # the x2ct package requires torch>=2.1 (X2CTTraining/pyproject.toml)
+
+REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+"""x2ct's pip requirements besides torch (installed on first use, only when absent)."""
+
+AUTOMATIC_MODEL = ""
+"""Model choice meaning: the bundled default for the inputs (biplanar with a lateral, single-view without)."""
+
+HEAT_MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+"""Perceptual heat colour table (Base/Logic/Resources/ColorFiles/Inferno.txt; id rule in vtkMRMLColorLogic.h)."""
+FALLBACK_HEAT_MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
+
+VOLUME_RENDERING_PRESET = "CT-Chest-Contrast-Enhanced"
+"""Preset name in Modules/Loadable/VolumeRendering/Resources/presets.xml."""
+
+CT_WINDOW_LEVEL_HU = (1500.0, -500.0)
+"""Slice-view window and level (HU) of the synthetic CT: a chest window showing lungs and soft tissue."""
+
+HEAT_MAP_SOURCES = ("ct", "pa", "lateral")
+"""Keys of ``Prediction.cams``: the synthetic CT and the two radiographs."""
+HEAT_MAP_SOURCE_LABELS = {"ct": "synthetic CT", "pa": "PA radiograph", "lateral": "lateral radiograph"}
+
+POLL_INTERVAL_MSEC = 200
+"""How often the GUI thread looks at a running reconstruction."""
 
 
 #
@@ -50,8 +79,9 @@ class X2CTRecon(ScriptedLoadableModule):
         self.parent.helpText = _("""
 Builds a <b>synthetic</b> 3D chest CT from a frontal (PA) chest radiograph and, optionally, a lateral one.
 <b>Research use only — not for diagnosis.</b> Every output is labelled SYNTHETIC.
-<p>At this stage the module reads the selected radiographs and reports their view, pixel spacing, size,
-body part and any warnings. Radiographs may come from the DICOM database or from PNG/JPEG/DICOM/NRRD files.</p>
+<p>Choose the radiographs (from the DICOM database or PNG/JPEG/DICOM/NRRD files), a model and press
+<i>Create synthetic CT</i>. The CT appears in the slice and 3D views with the re-projection consistency
+scores, the classifiers' findings and Grad-CAM heat maps over the CT and the radiographs.</p>
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, SimpleITK, pydicom and PyTorch (through the SlicerPyTorch extension).
@@ -71,12 +101,59 @@ class X2CTReconParameterNode:
 
     paVolume - frontal (PA) chest radiograph.
     lateralVolume - optional lateral chest radiograph.
+    model - bundled model name, or "" for the default that fits the inputs.
     device - "auto" (GPU if available), "cpu" or "cuda".
+    heatMapOpacity - opacity of the Grad-CAM layer in the slice views (0-1).
+    heatMapThreshold - Grad-CAM values below this (0-1) are transparent.
     """
 
     paVolume: vtkMRMLScalarVolumeNode
     lateralVolume: Optional[vtkMRMLScalarVolumeNode]
+    model: str = AUTOMATIC_MODEL
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    heatMapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
+    heatMapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3
+
+
+#
+# X2CTReconResults
+#
+
+
+class X2CTReconResults:
+    """What one reconstruction put in the scene, with the ``x2ct`` prediction it came from.
+
+    ctVolume - the synthetic CT (HU). findingsTable - one row per classifier output (finding).
+    heatMaps - Grad-CAM volumes by source ("ct", "pa", "lateral") then finding output (e.g. "tb_present").
+    radiographVolumes - the input nodes by source ("pa", "lateral").
+    warnings - notes from the pipeline and from placing the heat maps.
+    """
+
+    def __init__(self, prediction, ctVolume, findingsTable, heatMaps, radiographVolumes, warnings) -> None:
+        self.prediction = prediction
+        self.ctVolume = ctVolume
+        self.findingsTable = findingsTable
+        self.heatMaps: Dict[str, Dict[str, vtkMRMLScalarVolumeNode]] = heatMaps
+        self.radiographVolumes: Dict[str, vtkMRMLScalarVolumeNode] = radiographVolumes
+        self.warnings: List[str] = warnings
+
+    @property
+    def heatMapOutputs(self) -> List[str]:
+        return sorted({output for maps in self.heatMaps.values() for output in maps})
+
+    def findingLabel(self, output: str) -> str:
+        """Readable name of a finding output (its ``label``), or the output itself."""
+        labels = {f.get("output"): f.get("label") for f in self.prediction.findings}
+        return labels.get(output) or output
+
+    def consistencyText(self) -> str:
+        return X2CTResults.consistencyText(self.prediction.consistency, self.prediction.consistency_score)
+
+
+ProgressCallback = Callable[[float, str], None]
+"""``progress(fraction in [0, 1], message)``, called on the GUI thread."""
+CompletedCallback = Callable[[Optional[X2CTReconResults], Optional[BaseException]], None]
+"""``completed(results, error)``: exactly one of them is None; called on the GUI thread."""
 
 
 #
@@ -93,6 +170,7 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._results: Optional[X2CTReconResults] = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -103,21 +181,33 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.ui.bannerLabel.text = SYNTHETIC_BANNER
-        # Reserved for the reconstruction run (next milestone); hidden until then.
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
 
         self.logic = X2CTReconLogic()
+        self._fillModelChoices()
 
         # Keep the parameter node valid when the scene is closed.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.heatMapOutputComboBox.connect("currentIndexChanged(int)", self.onHeatMapDisplayChanged)
+        self.ui.heatMapOverComboBox.connect("currentIndexChanged(int)", self.onHeatMapDisplayChanged)
+        self.ui.heatMapOpacitySlider.connect("valueChanged(double)", self.onHeatMapOpacityChanged)
+        self.ui.heatMapThresholdSlider.connect("valueChanged(double)", self.onHeatMapThresholdChanged)
+        self.ui.saveVolumeButton.connect("clicked(bool)", self.onSaveVolume)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
+        self.ui.saveFindingsButton.connect("clicked(bool)", self.onSaveFindings)
 
+        self._showResults(None)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic:
+            self.logic.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -131,6 +221,7 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._showResults(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -152,6 +243,7 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # Widgets with the "SlicerParameterName" property in the .ui are bound to parameters.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self._labelDeviceChoices()
+            self._selectModel(self._parameterNode.model)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
@@ -161,37 +253,190 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if index < self.ui.deviceComboBox.count:
                 self.ui.deviceComboBox.setItemText(index, DEVICE_LABELS[choice])
 
+    def _fillModelChoices(self) -> None:
+        """Automatic plus every bundled model; each model's card is its tooltip."""
+        import qt
+
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("Automatic (biplanar with a lateral, single-view without)"), AUTOMATIC_MODEL)
+        combo.setItemData(0, _("The bundled default model for the radiographs given."), qt.Qt.ToolTipRole)
+        for name, card in self.logic.bundledModels():
+            combo.addItem(name, name)
+            combo.setItemData(combo.count - 1, card, qt.Qt.ToolTipRole)
+        combo.blockSignals(False)
+
+    def _selectModel(self, name: str) -> None:
+        index = self.ui.modelComboBox.findData(name)
+        self.ui.modelComboBox.currentIndex = max(index, 0)
+
+    def onModelChanged(self, index: int) -> None:
+        import qt
+
+        if self._parameterNode:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index) or AUTOMATIC_MODEL
+        self.ui.modelComboBox.toolTip = self.ui.modelComboBox.itemData(index, qt.Qt.ToolTipRole) or ""
+
     def _checkCanApply(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        if not parameters or not parameters.paVolume:
+        running = self.logic is not None and self.logic.isRunning
+        if running:
+            self.ui.applyButton.toolTip = _("A synthetic CT is being computed")
+            self.ui.applyButton.enabled = False
+        elif not parameters or not parameters.paVolume:
             self.ui.applyButton.toolTip = _("Select a frontal (PA) radiograph")
             self.ui.applyButton.enabled = False
         elif parameters.lateralVolume is not None and parameters.lateralVolume == parameters.paVolume:
             self.ui.applyButton.toolTip = _("The frontal and the lateral inputs must be different radiographs")
             self.ui.applyButton.enabled = False
         else:
-            self.ui.applyButton.toolTip = _("Read the selected radiographs and report what was found")
+            self.ui.applyButton.toolTip = _("Compute a synthetic CT from the selected radiographs")
             self.ui.applyButton.enabled = True
 
+    # Running
+
     def onApplyButton(self) -> None:
-        """Inspect the selected radiographs (the reconstruction itself comes in a later milestone)."""
-        self.ui.resultsLabel.text = ""
-        selected = [(self._parameterNode.paVolume, "PA"), (self._parameterNode.lateralVolume, "LATERAL")]
-        with slicer.util.tryWithErrorDisplay(_("Failed to inspect the radiographs."), waitCursor=False):
-            try:
-                reports = []
-                with slicer.util.WaitCursor():
-                    self.logic.checkDependencies(requireTorch=False)
-                    for volumeNode, view in selected:
-                        if volumeNode:
-                            radiograph = self.logic.inspectSelectedRadiograph(volumeNode, view)
-                            reports.append(self.logic.describeRadiograph(volumeNode.GetName(), radiograph))
-            except self.logic.userErrorTypes() as err:
-                # A problem the user can fix (bad file, wrong view, missing package): one message, no traceback.
-                self.ui.resultsLabel.text = str(err)
-                slicer.util.errorDisplay(str(err), windowTitle=_("X2CT Recon"))
-                return
-            self.ui.resultsLabel.text = "\n\n".join(reports)
+        """Check the dependencies (asking before installing), then reconstruct in the background."""
+        parameters = self._parameterNode
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.checkDependencies(requireTorch=True, askConfirmation=True)
+            if self.ui.modelComboBox.count == 1:
+                self._fillModelChoices()  # the models can be listed once x2ct imports (after the install)
+                self._selectModel(parameters.model)
+            self._setRunning(True, _("Starting…"))
+            self.logic.process(
+                parameters.paVolume,
+                parameters.lateralVolume,
+                modelName=parameters.model,
+                device=parameters.device,
+                waitForCompletion=False,
+                progressCallback=self._onProgress,
+                completedCallback=self._onCompleted,
+            )
+            self._checkCanApply()  # the logic is running now: Apply stays disabled until it completes
+        except Exception as err:  # noqa: BLE001 - every failure becomes one message (details in the log)
+            self._setRunning(False)
+            self._reportError(err)
+
+    def onCancelButton(self) -> None:
+        self.logic.cancel()
+        self.ui.statusLabel.text = _("Cancelling after the current step…")
+        self.ui.cancelButton.enabled = False
+
+    def _setRunning(self, running: bool, status: str = "") -> None:
+        self.ui.progressBar.visible = running
+        self.ui.progressBar.value = 0
+        self.ui.cancelButton.visible = running
+        self.ui.cancelButton.enabled = running
+        self.ui.statusLabel.text = status
+        self._checkCanApply()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+
+    def _onCompleted(self, results: Optional[X2CTReconResults], error: Optional[BaseException]) -> None:
+        self._setRunning(False)
+        if error is not None:
+            self._reportError(error)
+            return
+        self.ui.statusLabel.text = _("Done: {name}").format(name=results.ctVolume.GetName())
+        self._showResults(results)
+
+    def _reportError(self, error: BaseException) -> None:
+        """One message for the user; the stack trace goes to the log only."""
+        message = self.logic.errorMessage(error)
+        if self.logic.isCancellation(error):
+            self.ui.statusLabel.text = message
+            return
+        self.ui.statusLabel.text = message
+        slicer.util.errorDisplay(message, windowTitle=_("X2CT Recon"))
+
+    # Results
+
+    def _showResults(self, results: Optional[X2CTReconResults]) -> None:
+        self._results = results
+        has = results is not None
+        for widget in (self.ui.resultsCollapsibleButton, self.ui.saveCollapsibleButton):
+            widget.enabled = has
+        if not has:
+            self.ui.consistencyLabel.text = ""
+            self.ui.findingsTableView.setMRMLTableNode(None)
+            self.ui.heatMapOutputComboBox.clear()
+            self.ui.heatMapOverComboBox.clear()
+            return
+        lines = [results.consistencyText()]
+        lines += [f"warning: {warning}" for warning in results.warnings]
+        self.ui.consistencyLabel.text = "\n".join(lines)
+        self.ui.findingsTableView.setMRMLTableNode(results.findingsTable)
+        self.ui.findingsLabel.text = (
+            "" if results.prediction.findings else _("No classifier ran for this model: no findings.")
+        )
+        for combo in (self.ui.heatMapOutputComboBox, self.ui.heatMapOverComboBox):
+            combo.blockSignals(True)
+            combo.clear()
+        for output in results.heatMapOutputs:
+            self.ui.heatMapOutputComboBox.addItem(results.findingLabel(output), output)
+        for source in HEAT_MAP_SOURCES:
+            if source == "ct" or source in results.radiographVolumes:
+                self.ui.heatMapOverComboBox.addItem(_("over the {what}").format(what=HEAT_MAP_SOURCE_LABELS[source]),
+                                                    source)
+        for combo in (self.ui.heatMapOutputComboBox, self.ui.heatMapOverComboBox):
+            combo.blockSignals(False)
+        self.ui.heatMapOutputComboBox.enabled = bool(results.heatMapOutputs)
+        self.onHeatMapDisplayChanged()
+
+    def onHeatMapDisplayChanged(self, index: int = 0) -> None:
+        if not self._results or not self._parameterNode:
+            return
+        over, outputs = self.ui.heatMapOverComboBox, self.ui.heatMapOutputComboBox
+        self.logic.showSliceLayers(
+            self._results,
+            source=over.itemData(over.currentIndex) or "ct",
+            output=outputs.itemData(outputs.currentIndex) if outputs.count else None,
+            opacity=self._parameterNode.heatMapOpacity,
+        )
+
+    def onHeatMapOpacityChanged(self, value: float) -> None:
+        if self._results:
+            self.logic.setHeatMapOpacity(value)
+
+    def onHeatMapThresholdChanged(self, value: float) -> None:
+        if self._results:
+            self.logic.setHeatMapThreshold(self._results, value)
+
+    # Saving
+
+    def onSaveVolume(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getSaveFileName(
+            None, _("Save the synthetic CT"), f"{self._results.ctVolume.GetName()}.nrrd", "NRRD (*.nrrd)"
+        )
+        if path:
+            self._runSaving(lambda: self.logic.saveSyntheticCT(self._results, path), _("Saved {path}"), path)
+
+    def onExportDicom(self) -> None:
+        self._runSaving(lambda: self.logic.exportToDicomDatabase(self._results), _("Imported into the DICOM "
+                        "database as a series marked SYNTHETIC (from {path})"), None)
+
+    def onSaveFindings(self) -> None:
+        import qt
+
+        path = qt.QFileDialog.getSaveFileName(None, _("Save the findings"), "findings.csv", "CSV (*.csv)")
+        if path:
+            self._runSaving(lambda: self.logic.saveFindingsCSV(self._results, path), _("Saved {path}"), path)
+
+    def _runSaving(self, action: Callable[[], Any], doneMessage: str, path: Optional[str]) -> None:
+        try:
+            with slicer.util.WaitCursor():
+                written = action()
+        except Exception as err:  # noqa: BLE001 - one message; details in the log
+            self._reportError(err)
+            return
+        self.ui.statusLabel.text = doneMessage.format(path=path or written)
 
 
 #
@@ -202,42 +447,41 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class X2CTReconLogic(ScriptedLoadableModuleLogic):
     """All computation of the module; usable without the GUI (batch scripts, tests).
 
-    It delegates everything that is not MRML to the ``x2ct`` package.
+    It delegates everything that is not MRML to the ``x2ct`` package. ``process`` runs the pipeline
+    blocking (``waitForCompletion=True``: tests, batch) or on a worker thread polled from the GUI
+    thread with ``qt.QTimer.singleShot``; only the GUI thread touches the scene.
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         X2CTReconLib.addBundledX2CTToPath()
+        self._modelCaches: Dict[str, Any] = {}
+        self._run: Optional[Dict[str, Any]] = None
 
     def getParameterNode(self):
         return X2CTReconParameterNode(super().getParameterNode())
 
     # Dependencies
 
-    def checkDependencies(self, requireTorch: bool = True, askConfirmation: bool = True) -> None:
-        """Make sure PyTorch (if required) and the ``x2ct`` package can be imported.
+    def checkDependencies(self, requireTorch: bool = True, askConfirmation: bool = True,
+                          allowInstall: bool = True) -> None:
+        """Make sure PyTorch (if required), x2ct's pip requirements and the ``x2ct`` package can be imported.
 
-        PyTorch is installed through the PyTorch extension (PyTorchUtils), after asking the user when
-        ``askConfirmation`` is True. Nothing else is installed or upgraded here: in particular Slicer's
-        own pydicom is never replaced. Raises X2CTReconLib.DependencyError with one clear message.
+        PyTorch is installed through the PyTorch extension (PyTorchUtils) and the other requirements
+        with ``slicer.util.pip_install``; both only after asking when ``askConfirmation`` is True,
+        never when ``allowInstall`` is False (batch runs: the message then says what is missing).
+        Packages already present are never upgraded (X2CTReconLib.dependencies). Raises
+        X2CTReconLib.DependencyError with one clear message.
         """
         if requireTorch:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError as err:
-                raise X2CTReconLib.DependencyError(
-                    "X2CT Recon needs the PyTorch extension. "
-                    "Install 'PyTorch' from the Extensions Manager and restart Slicer."
-                ) from err
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(
-                    askConfirmation=askConfirmation, torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}"
-                )
-                if torch is None:
-                    raise X2CTReconLib.DependencyError(
-                        "X2CT Recon needs PyTorch, which was not installed. Install it in the PyTorch Utils module."
-                    )
+            self._ensureTorch(askConfirmation, allowInstall)
+
+        requirements = X2CTDependencies.readRequirements(REQUIREMENTS_FILE)
+        missing, notes = X2CTDependencies.checkRequirements(requirements)
+        for note in notes:
+            logging.warning(f"X2CTRecon: {note}")
+        if missing:
+            self._installRequirements(missing, askConfirmation, allowInstall)
 
         if X2CTReconLib.addBundledX2CTToPath() is None:
             logging.info("X2CTRecon: no bundled x2ct package found; using the one installed in Slicer's Python")
@@ -245,12 +489,73 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             import x2ct.errors  # noqa: F401
             import x2ct.geometry  # noqa: F401
             import x2ct.io.radiograph  # noqa: F401
+            if requireTorch:
+                import x2ct.pipeline  # noqa: F401
         except ImportError as err:
-            missing = getattr(err, "name", None) or str(err)
+            missingName = getattr(err, "name", None) or str(err)
             raise X2CTReconLib.DependencyError(
-                f"X2CT Recon could not load its x2ct package: Python module '{missing}' is missing or unusable. "
+                f"X2CT Recon could not load its x2ct package: Python module '{missingName}' is missing or unusable. "
                 "Reinstall the SlicerX2CT extension; see the README for the list of required packages."
             ) from err
+
+    def _ensureTorch(self, askConfirmation: bool, allowInstall: bool) -> None:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as err:
+            raise X2CTReconLib.DependencyError(
+                "X2CT Recon needs the PyTorch extension. "
+                "Install 'PyTorch' from the Extensions Manager and restart Slicer."
+            ) from err
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return
+        if not allowInstall:
+            raise X2CTReconLib.DependencyError(
+                "PyTorch is not installed. Open X2CT Recon in the Slicer window once (it offers to install it) "
+                "or install it in the PyTorch Utils module."
+            )
+        torch = torchLogic.installTorch(
+            askConfirmation=askConfirmation, torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}"
+        )
+        if torch is None:
+            raise X2CTReconLib.DependencyError(
+                "X2CT Recon needs PyTorch, which was not installed. Install it in the PyTorch Utils module."
+            )
+
+    def _installRequirements(self, missing: List[str], askConfirmation: bool, allowInstall: bool) -> None:
+        listed = ", ".join(missing)
+        if not allowInstall:
+            raise X2CTReconLib.DependencyError(
+                f"Python packages missing for X2CT Recon: {listed}. Open X2CT Recon in the Slicer window once "
+                "(it offers to install them)."
+            )
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("X2CT Recon needs these Python packages, which will be downloaded and installed into Slicer's "
+              "Python: {packages}. Packages Slicer already has are not changed. Continue?").format(packages=listed),
+            windowTitle=_("X2CT Recon: install Python packages"),
+        ):
+            raise X2CTReconLib.DependencyError(f"X2CT Recon cannot run without these Python packages: {listed}.")
+        folder = slicer.util.tempDirectory("X2CTReconPip")
+        constraints = os.path.join(folder, "constraints.txt")
+        with open(constraints, "w", encoding="utf-8") as handle:
+            handle.write(X2CTDependencies.constraintsText(X2CTDependencies.installedDistributions()))
+        args, kwargs = X2CTDependencies.pipInstallCall(self.slicerVersion(), missing, constraints, "X2CT Recon")
+        logging.info(f"X2CTRecon: installing {listed} (installed packages pinned by {constraints})")
+        try:
+            slicer.util.pip_install(*args, **kwargs)
+        except Exception as err:
+            raise X2CTReconLib.DependencyError(
+                f"Installing {listed} failed ({type(err).__name__}). Check the network, restart Slicer and try "
+                "again; pip's full output is in the Python console."
+            ) from err
+        import importlib
+
+        importlib.invalidate_caches()
+
+    @staticmethod
+    def slicerVersion() -> Tuple[int, int]:
+        """(major, minor) of the running Slicer (qSlicerCoreApplication majorVersion/minorVersion)."""
+        return int(slicer.app.majorVersion), int(slicer.app.minorVersion)
 
     @staticmethod
     def userErrorTypes() -> Tuple[type, ...]:
@@ -260,6 +565,39 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         except ImportError:
             return (X2CTReconLib.DependencyError,)
         return (X2CTReconLib.DependencyError, InputError)
+
+    @staticmethod
+    def isCancellation(error: BaseException) -> bool:
+        return type(error).__name__ == "PredictionCancelled"
+
+    def errorMessage(self, error: BaseException) -> str:
+        """The one line shown to the user for ``error``; anything unexpected is also logged with its trace."""
+        if self.isCancellation(error):
+            return _("Cancelled; nothing was added to the scene.")
+        if isinstance(error, self.userErrorTypes()):
+            return str(error)
+        logging.error("X2CTRecon: unexpected error", exc_info=(type(error), error, error.__traceback__))
+        if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+            return _("The GPU ran out of memory. Choose CPU under Advanced and try again.")
+        return _("X2CT Recon failed: {kind}: {text}. The details are in the Python console / error log.").format(
+            kind=type(error).__name__, text=str(error).splitlines()[0] if str(error) else "")
+
+    # Models
+
+    def bundledModels(self) -> List[Tuple[str, str]]:
+        """(name, model card text) of every bundled model; empty while x2ct cannot be imported yet."""
+        try:
+            from x2ct.models.checkpoints import bundled_model_names, models_dir
+        except ImportError:
+            return []
+        return [(name, X2CTResults.modelCardTooltip(models_dir(), name)) for name in bundled_model_names()]
+
+    def _modelCache(self, device: str):
+        from x2ct.pipeline import ModelCache
+
+        if device not in self._modelCaches:
+            self._modelCaches[device] = ModelCache(device)
+        return self._modelCaches[device]
 
     # Radiographs
 
@@ -284,63 +622,151 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             raise InputError(volumeNode.GetName(), problem)
         return filePath
 
-    def inspectRadiograph(self, volumeNode: vtkMRMLScalarVolumeNode, view: Optional[str] = None):
-        """Read the file behind ``volumeNode`` with ``x2ct`` and return its ``Radiograph``.
+    # Reconstruction
 
-        ``view`` ("PA", "AP", "LATERAL" or None to infer it) is passed to the reader, which reports a
-        mismatch or an unusable file as ``x2ct.errors.InputError``.
+    def runPipeline(self, paPath: str, lateralPath: Optional[str], modelName: str, device: str,
+                    force: bool = False, viewOverride: bool = False, progress=None, cancel=None):
+        """The one call of x2ct's inference pipeline; returns an ``x2ct.pipeline.Prediction``.
+
+        Runs on the worker thread in non-blocking mode: no MRML here.
         """
-        from x2ct.io.radiograph import read_radiograph
+        from x2ct.pipeline import predict
 
-        filePath = self.radiographFilePath(volumeNode)
-        logging.info(f"X2CTRecon: reading radiograph {filePath} (view {view or 'inferred'})")
-        return read_radiograph(filePath, view=view)
+        if progress is not None:
+            progress(0.0, "loading the model")
+        cache = self._modelCache(device)
+        model = cache.get(modelName or None, have_lateral=lateralPath is not None)
+        classifiers = cache.classifiers(have_lateral=lateralPath is not None)
+        return predict(model, paPath, lateralPath, force, viewOverride, progress, cancel, classifiers)
 
-    def inspectSelectedRadiograph(self, volumeNode: vtkMRMLScalarVolumeNode, expectedView: str):
-        """Read a radiograph chosen as the frontal ("PA") or the lateral ("LATERAL") input.
+    @property
+    def isRunning(self) -> bool:
+        return self._run is not None
 
-        The view recorded in the file wins (an AP file stays AP); a file that records no view (PNG,
-        JPEG, NRRD) is taken to be ``expectedView``. A lateral file chosen as the frontal input, or
-        the reverse, is a user error.
+    def process(self, paVolume: vtkMRMLScalarVolumeNode, lateralVolume: Optional[vtkMRMLScalarVolumeNode] = None,
+                modelName: str = AUTOMATIC_MODEL, device: str = "auto", force: bool = False,
+                viewOverride: bool = False, waitForCompletion: bool = True, showResult: bool = True,
+                progressCallback: Optional[ProgressCallback] = None,
+                completedCallback: Optional[CompletedCallback] = None) -> Optional[X2CTReconResults]:
+        """Reconstruct a synthetic CT from the radiographs behind ``paVolume`` (and ``lateralVolume``).
+
+        Blocking (``waitForCompletion``): returns the results and raises on errors (InputError,
+        PredictionCancelled, ...). Non-blocking: returns None at once; ``progressCallback(fraction,
+        message)`` and finally ``completedCallback(results, error)`` are called on the GUI thread.
+        Errors in the inputs' file lookup are raised at once in both modes.
+        """
+        if self._run is not None:
+            raise RuntimeError("a reconstruction is already running")
+        paPath = self.radiographFilePath(paVolume)
+        lateralPath = self.radiographFilePath(lateralVolume) if lateralVolume is not None else None
+
+        def work(progress, cancel):
+            return self.runPipeline(paPath, lateralPath, modelName, device, force, viewOverride, progress, cancel)
+
+        def finish(prediction) -> X2CTReconResults:
+            return self.showPrediction(prediction, paVolume, lateralVolume, showResult=showResult)
+
+        if waitForCompletion:
+            results = finish(work(progressCallback, None))
+            if progressCallback:
+                progressCallback(1.0, "done")
+            if completedCallback:
+                completedCallback(results, None)
+            return results
+
+        task = BackgroundTask(work)
+        self._run = {"task": task, "finish": finish, "progress": progressCallback, "completed": completedCallback}
+        task.start()
+        self._scheduleCheck()
+        return None
+
+    def cancel(self) -> None:
+        """Ask a running reconstruction to stop at its next stage (nothing is added to the scene)."""
+        if self._run is not None:
+            self._run["task"].cancel()
+
+    def _scheduleCheck(self) -> None:
+        import qt
+
+        qt.QTimer.singleShot(POLL_INTERVAL_MSEC, self._checkRun)
+
+    def _checkRun(self) -> None:
+        """GUI thread: forward progress; when the worker is done, add the results to the scene."""
+        run = self._run
+        if run is None:
+            return
+        task = run["task"]
+        finished = task.done  # read before draining, so no update can arrive after the last poll
+        for fraction, message in task.poll():
+            if run["progress"]:
+                run["progress"](0.95 * fraction, message)
+        if not finished:
+            self._scheduleCheck()
+            return
+        self._run = None
+        prediction, error = task.outcome()
+        results = None
+        if error is None:
+            try:
+                if run["progress"]:
+                    run["progress"](0.95, "adding the results to the scene")
+                results = run["finish"](prediction)
+                if run["progress"]:
+                    run["progress"](1.0, "done")
+            except Exception as err:  # noqa: BLE001 - reported through completedCallback
+                error = err
+        if run["completed"]:
+            run["completed"](results, error)
+        elif error is not None:
+            logging.error(f"X2CTRecon: {self.errorMessage(error)}")
+
+    # Scene
+
+    def showPrediction(self, prediction, paVolume: vtkMRMLScalarVolumeNode,
+                       lateralVolume: Optional[vtkMRMLScalarVolumeNode] = None, showResult: bool = True,
+                       heatMapThreshold: float = 0.3, heatMapOpacity: float = 0.4) -> X2CTReconResults:
+        """Put a prediction in the scene: the CT, the findings table and the Grad-CAM volumes.
+
+        With ``showResult`` the layout becomes slices + 3D, the CT is volume rendered and shown in
+        the slice views with the first finding's CT heat map as foreground.
         """
         from x2ct import views
-        from x2ct.errors import InputError
 
-        radiograph = self.inspectRadiograph(volumeNode, None)
-        if radiograph.view is None:
-            return self.inspectRadiograph(volumeNode, expectedView)
-        if (radiograph.view in views.FRONTAL_VIEWS) != (expectedView in views.FRONTAL_VIEWS):
-            problem = f"the file is a {radiograph.view} radiograph but was selected as the {expectedView} input"
-            raise InputError(self.radiographFilePath(volumeNode), problem)
-        return radiograph
-
-    @staticmethod
-    def describeRadiograph(title: str, radiograph) -> str:
-        """A few plain-text lines about a radiograph for the results panel or a batch log."""
-        rows, columns = radiograph.pixels.shape[:2]
-        spacing = radiograph.spacing_mm
-        if spacing is None:
-            spacingText = "unknown (the file has no pixel spacing)"
-        elif isinstance(spacing, (tuple, list)):
-            spacingText = " × ".join(f"{float(value):.3g}" for value in spacing) + " mm"
-        else:
-            spacingText = f"{float(spacing):.3g} mm"
-        metadata = radiograph.metadata or {}
-        bodyPart = metadata.get("body_part") or "not recorded"
-        viewSource = metadata.get("view_source")
-        viewSource = "as selected" if viewSource == "argument" else viewSource
-        lines = [
-            f"{title}",
-            f"  view: {radiograph.view or 'unknown'}" + (f" ({viewSource})" if viewSource else ""),
-            f"  size: {columns} × {rows} pixels (columns × rows)",
-            f"  pixel spacing: {spacingText}",
-            f"  body part: {bodyPart}",
-        ]
-        warnings: List[str] = list(radiograph.warnings or [])
-        lines += [f"  warning: {warning}" for warning in warnings] or ["  no warnings"]
-        return "\n".join(lines)
-
-    # Volumes
+        radiographs = {"pa": paVolume}
+        if lateralVolume is not None:
+            radiographs["lateral"] = lateralVolume
+        ctVolume = self.addSyntheticCT(prediction)
+        table = self.addFindingsTable(prediction.findings, f"SYNTHETIC CT findings ({prediction.model.name})")
+        warnings = list(prediction.warnings)
+        ctMaps, radiographMaps = X2CTResults.splitHeatMaps(prediction.cams)
+        heatMaps: Dict[str, Dict[str, vtkMRMLScalarVolumeNode]] = {}
+        for output, heatMap in sorted(ctMaps.items()):
+            node = self.addVolumeFromImage(prediction.grid.image_from_array(heatMap.astype("float32")),
+                                           f"SYNTHETIC Grad-CAM {output} on CT")
+            self.configureHeatMapDisplay(node, heatMapThreshold)
+            heatMaps.setdefault("ct", {})[output] = node
+        viewNames = {"pa": views.PA, "lateral": views.LATERAL}
+        for source, maps in sorted(radiographMaps.items()):
+            volume = radiographs.get(source)
+            prepared = prediction.views.get(viewNames.get(source, ""))
+            for output, heatMap in sorted(maps.items()):
+                if volume is None or prepared is None:
+                    warnings.append(f"Grad-CAM {output} on {source}: no such input radiograph in the scene")
+                    continue
+                try:
+                    node = self.addRadiographHeatMap(heatMap, volume, prepared.radiograph.pixels,
+                                                     f"Grad-CAM {output} on {volume.GetName()}")
+                except ValueError as err:
+                    warnings.append(f"Grad-CAM {output} on {source} not shown: {err}")
+                    continue
+                self.configureHeatMapDisplay(node, heatMapThreshold)
+                heatMaps.setdefault(source, {})[output] = node
+        results = X2CTReconResults(prediction, ctVolume, table, heatMaps, radiographs, warnings)
+        if showResult:
+            self.showLayout(ctVolume)
+            outputs = results.heatMapOutputs
+            self.showSliceLayers(results, "ct", outputs[0] if outputs else None, heatMapOpacity)
+        return results
 
     def addVolumeFromImage(self, image, name: str) -> vtkMRMLScalarVolumeNode:
         """Add a scalar volume node holding a SimpleITK image, placed correctly in RAS.
@@ -351,6 +777,134 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             X2CTReconLib.voxelArrayFromImage(image), ijkToRAS=X2CTReconLib.ijkToRASFromImage(image), name=name
         )
 
+    def addSyntheticCT(self, prediction) -> vtkMRMLScalarVolumeNode:
+        """The synthetic CT (HU) as a volume named "SYNTHETIC CT (<model>)", tagged with its provenance."""
+        from x2ct.pipeline import SYNTHETIC_NOTE
+
+        model = prediction.model
+        volume = self.addVolumeFromImage(prediction.image(), f"SYNTHETIC CT ({model.name})")
+        volume.SetAttribute("X2CT.Synthetic", SYNTHETIC_NOTE)
+        volume.SetAttribute("X2CT.Model", model.name)
+        volume.SetAttribute("X2CT.WeightsSHA256", model.sha256 or "unknown")
+        display = volume.GetScalarVolumeDisplayNode()
+        if display is not None:
+            display.SetAutoWindowLevel(0)
+            display.SetWindowLevel(*CT_WINDOW_LEVEL_HU)
+        return volume
+
+    def addFindingsTable(self, findings, name: str):
+        """A locked vtkMRMLTableNode with one text row per finding (columns: X2CTReconLib.results.FINDINGS_COLUMNS)."""
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        for column in X2CTResults.FINDINGS_COLUMNS:
+            array = vtk.vtkStringArray()
+            array.SetName(column)
+            table.AddColumn(array)
+        for row in X2CTResults.findingsRows(findings):
+            rowIndex = table.AddEmptyRow()
+            for columnIndex, text in enumerate(row):
+                table.SetCellText(rowIndex, columnIndex, text)
+        table.SetLocked(True)
+        return table
+
+    def addRadiographHeatMap(self, heatMap, radiographVolume: vtkMRMLScalarVolumeNode, x2ctPixels,
+                             name: str) -> vtkMRMLScalarVolumeNode:
+        """A Grad-CAM map on a radiograph as a volume on that radiograph node's own pixel grid.
+
+        ``heatMap`` and ``x2ctPixels`` are (rows, columns) as x2ct read the file; the node's voxels
+        are compared with them to find the loader's pixel order (X2CTReconLib.results), and the
+        map gets the node's IJKToRAS and parent transform. Raises ValueError when the sizes differ.
+        """
+        nodePixels = slicer.util.arrayFromVolume(radiographVolume)
+        if nodePixels.ndim != 3 or nodePixels.shape[0] != 1:
+            raise ValueError(f"{radiographVolume.GetName()} is not a single 2-D image ({nodePixels.shape})")
+        voxels = X2CTResults.radiographHeatMapVoxels(heatMap, nodePixels[0], x2ctPixels)
+        ijkToRAS = vtk.vtkMatrix4x4()
+        radiographVolume.GetIJKToRASMatrix(ijkToRAS)
+        volume = slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name=name)
+        transformID = radiographVolume.GetTransformNodeID()
+        if transformID:
+            volume.SetAndObserveTransformNodeID(transformID)
+        return volume
+
+    def configureHeatMapDisplay(self, volume: vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        """Heat colours over 0..1; values below ``threshold`` are transparent in the slice views."""
+        display = volume.GetScalarVolumeDisplayNode()
+        colorID = HEAT_MAP_COLOR_NODE_ID
+        if slicer.mrmlScene.GetNodeByID(colorID) is None:
+            colorID = FALLBACK_HEAT_MAP_COLOR_NODE_ID
+        display.SetAndObserveColorNodeID(colorID)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        display.SetApplyThreshold(1)
+        display.SetThreshold(threshold, 1.0)
+
+    def setHeatMapThreshold(self, results: X2CTReconResults, threshold: float) -> None:
+        for maps in results.heatMaps.values():
+            for volume in maps.values():
+                volume.GetScalarVolumeDisplayNode().SetThreshold(threshold, 1.0)
+
+    def setHeatMapOpacity(self, opacity: float) -> None:
+        slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
+
+    def showSliceLayers(self, results: X2CTReconResults, source: str = "ct", output: Optional[str] = None,
+                        opacity: float = 0.4) -> None:
+        """Slice views: the CT (``source`` "ct") or a radiograph as background, its heat map of ``output`` on top."""
+        background = results.ctVolume if source == "ct" else results.radiographVolumes[source]
+        foreground = results.heatMaps.get(source, {}).get(output) if output else None
+        haveViews = slicer.app.layoutManager() is not None
+        slicer.util.setSliceViewerLayers(
+            background=background, foreground=foreground, foregroundOpacity=opacity,
+            fit=haveViews, rotateToVolumePlane=haveViews,
+        )
+
+    def showLayout(self, ctVolume: vtkMRMLScalarVolumeNode) -> None:
+        """Slices + 3D layout and a chest CT volume rendering (nothing to do without views, e.g. batch)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        volumeRendering = slicer.modules.volumerendering.logic()
+        display = volumeRendering.CreateDefaultVolumeRenderingNodes(ctVolume)
+        preset = volumeRendering.GetPresetByName(VOLUME_RENDERING_PRESET)
+        if preset is not None:
+            display.GetVolumePropertyNode().Copy(preset)
+        display.SetVisibility(1)
+        slicer.util.resetThreeDViews()
+
+    # Saving
+
+    def saveSyntheticCT(self, results: X2CTReconResults, path: str) -> str:
+        """Write the synthetic CT node (NRRD for a .nrrd path) with slicer.util.saveNode."""
+        from x2ct.errors import InputError
+
+        if not slicer.util.saveNode(results.ctVolume, str(path)):
+            raise InputError(path, "could not be written (see the error log)")
+        return str(path)
+
+    def saveFindingsCSV(self, results: X2CTReconResults, path: str) -> str:
+        return str(X2CTResults.writeFindingsCsv(results.prediction.findings, path))
+
+    def writeOutputFolder(self, results: X2CTReconResults, folder: str, dicom: bool = False) -> str:
+        """Write what ``x2ct predict`` writes (synthetic_ct.nrrd, summary.json, report.png[, dicom/])."""
+        from x2ct.pipeline import write_prediction
+
+        return str(write_prediction(results.prediction, folder, dicom=dicom))
+
+    def exportToDicomDatabase(self, results: X2CTReconResults) -> str:
+        """Write the CT as a DICOM series marked synthetic (x2ct) and import it into Slicer's DICOM database."""
+        from x2ct.pipeline import OUTPUT_DICOM
+
+        database = getattr(slicer, "dicomDatabase", None)
+        if database is None or not database.isOpen:
+            raise X2CTReconLib.DependencyError("Slicer's DICOM database is not open: open the DICOM module once.")
+        folder = os.path.join(slicer.util.tempDirectory("X2CTReconDICOM"), "prediction")
+        self.writeOutputFolder(results, folder, dicom=True)
+        from DICOMLib import DICOMUtils
+
+        if not DICOMUtils.importDicom(os.path.join(folder, OUTPUT_DICOM), database, copyFiles=True):
+            raise X2CTReconLib.DependencyError("Importing the synthetic DICOM series failed; see the error log.")
+        return folder
+
 
 #
 # X2CTReconTest
@@ -358,56 +912,36 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 
 
 class X2CTReconTest(ScriptedLoadableModuleTest):
-    """Tests run inside Slicer ("Reload and Test" or ctest). They need no network and no GPU."""
+    """Tests run inside Slicer ("Reload and Test" or ctest). They need no network and no GPU.
+
+    The checks are the functions of X2CTReconLib.selftest, which pytest also runs against the
+    stand-in (Testing/test_slicer_logic.py).
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_InspectRadiographFromFile()
-        self.setUp()
-        self.test_VolumeWithoutFileIsUserError()
-        self.setUp()
-        self.test_AddVolumeFromImageGeometry()
+        for test in (self.test_VolumeWithoutFileIsUserError, self.test_AddVolumeFromImageGeometry,
+                     self.test_ReconstructSampleRadiographs, self.test_BackgroundRunAndCancel):
+            self.setUp()
+            test()
 
-    def test_InspectRadiographFromFile(self):
-        self.delayDisplay("Inspecting a synthetic radiograph file")
-        import shutil
-
-        import numpy as np
-        import SimpleITK as sitk
-
+    def _logic(self) -> X2CTReconLogic:
+        """A logic whose dependencies are present; tests never install anything (skipped, naming what is missing)."""
         logic = X2CTReconLogic()
-        logic.checkDependencies(requireTorch=False)
-
-        # A chest-like test pattern: bright body, two darker lungs, a bright spine. Rows != columns.
-        rows, columns = 240, 200
-        y, x = np.mgrid[0:rows, 0:columns]
-        pixels = np.full((rows, columns), 170, np.uint8)
-        for centerX in (0.3 * columns, 0.7 * columns):
-            lung = ((x - centerX) / (0.16 * columns)) ** 2 + ((y - 0.5 * rows) / (0.33 * rows)) ** 2 < 1
-            pixels[lung] = 60
-        pixels[:, int(0.47 * columns):int(0.53 * columns)] = 230
-
-        folder = slicer.util.tempDirectory("X2CTReconTest")
         try:
-            filePath = os.path.join(folder, "synthetic_pa.png")
-            sitk.WriteImage(sitk.GetImageFromArray(pixels), filePath)
-            volumeNode = slicer.util.loadVolume(filePath, {"singleFile": True})
+            logic.checkDependencies(requireTorch=True, askConfirmation=False, allowInstall=False)
+        except X2CTReconLib.DependencyError as err:
+            self.skipTest(str(err))
+        return logic
 
-            radiograph = logic.inspectRadiograph(volumeNode, "PA")
-            self.assertEqual(radiograph.view, "PA")
-            self.assertEqual(tuple(radiograph.pixels.shape), (rows, columns))
-            self.assertGreaterEqual(float(radiograph.pixels.min()), 0.0)
-            self.assertLessEqual(float(radiograph.pixels.max()), 1.0)
-            self.assertIn("view: PA", logic.describeRadiograph(volumeNode.GetName(), radiograph))
+    def _loadSamples(self):
+        from X2CTReconLib import selftest
 
-            # A PNG records no view: the input it was selected for decides.
-            self.assertEqual(logic.inspectSelectedRadiograph(volumeNode, "LATERAL").view, "LATERAL")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.delayDisplay("Test passed")
+        paPath, lateralPath = selftest.sampleRadiographPaths()
+        return (slicer.util.loadVolume(str(paPath), {"singleFile": True}),
+                slicer.util.loadVolume(str(lateralPath), {"singleFile": True}))
 
     def test_VolumeWithoutFileIsUserError(self):
         import numpy as np
@@ -416,11 +950,12 @@ class X2CTReconTest(ScriptedLoadableModuleTest):
         logic.checkDependencies(requireTorch=False)
         volumeNode = slicer.util.addVolumeFromArray(np.zeros((1, 8, 8), np.uint8), name="not from a file")
         with self.assertRaises(logic.userErrorTypes()):
-            logic.inspectRadiograph(volumeNode, "PA")
+            logic.radiographFilePath(volumeNode)
 
     def test_AddVolumeFromImageGeometry(self):
         self.delayDisplay("Placing a canonical-grid image in RAS")
         import numpy as np
+        from X2CTReconLib import selftest
 
         logic = X2CTReconLogic()
         logic.checkDependencies(requireTorch=False)
@@ -430,9 +965,46 @@ class X2CTReconTest(ScriptedLoadableModuleTest):
         voxels = np.zeros(grid.shape_dhw, np.float32)
         voxels[0, 0, 0] = 1.0
         volumeNode = logic.addVolumeFromImage(grid.image_from_array(voxels), "SYNTHETIC geometry test")
+        selftest.checkVolumeGeometry(slicer, volumeNode, grid.ijk_to_ras(), voxels)
+        self.delayDisplay("Test passed")
 
-        ijkToRAS = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRAS)
-        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(ijkToRAS), grid.ijk_to_ras(), atol=1e-6)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(volumeNode), voxels)
+    def test_ReconstructSampleRadiographs(self):
+        self.delayDisplay("Synthetic CT from the sample radiographs, with stand-in findings and heat maps")
+        from X2CTReconLib import selftest
+
+        logic = self._logic()
+        paVolume, lateralVolume = self._loadSamples()
+        results = logic.process(paVolume, lateralVolume, device="cpu", waitForCompletion=True)
+        selftest.checkSyntheticCT(slicer, results)
+        selftest.checkFindingsTable(results, [])
+
+        prediction = selftest.addStandInClassifierOutputs(results.prediction)
+        results = logic.showPrediction(prediction, paVolume, lateralVolume, heatMapThreshold=0.25)
+        selftest.checkFindingsTable(results, prediction.findings)
+        selftest.checkHeatMaps(slicer, results, threshold=0.25)
+        selftest.checkSliceLayers(slicer, results, logic)
+        self.delayDisplay("Test passed")
+
+    def test_BackgroundRunAndCancel(self):
+        self.delayDisplay("Background reconstruction with progress, then a cancelled one")
+        import time
+
+        from X2CTReconLib import selftest
+
+        logic = self._logic()
+        paVolume, _lateral = self._loadSamples()
+
+        def pump(record):
+            deadline = time.time() + 120
+            while not record.get("completed") and time.time() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.02)
+            self.assertTrue(record.get("completed"), "the background run did not finish")
+
+        record = selftest.runInBackground(slicer, logic, paVolume, cancelAtOnce=False)
+        pump(record)
+        selftest.checkBackgroundRecord(record, cancelled=False)
+        record = selftest.runInBackground(slicer, logic, paVolume, cancelAtOnce=True)
+        pump(record)
+        selftest.checkBackgroundRecord(record, cancelled=True)
         self.delayDisplay("Test passed")

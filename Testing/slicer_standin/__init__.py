@@ -1,66 +1,128 @@
-"""A tiny pure-Python stand-in for the parts of Slicer that X2CTRecon's *logic* touches.
+"""A small stand-in for the parts of Slicer that X2CTRecon's *logic* touches, with real VTK objects.
 
-It lets pytest run X2CTReconLogic without Slicer: module files import ``slicer``, ``vtk`` and the
-template's base classes, and the logic calls a handful of node methods and ``slicer.util``
-functions. Only those are provided, with the signatures of Slicer's source
-(Base/Python/slicer/util.py, Libs/MRML/Core/vtkMRMLNode.h, vtkMRMLStorableNode.h,
-vtkMRMLStorageNode.h, vtkMRMLVolumeNode.h). No GUI, no VTK: matrices are numpy arrays.
+It lets pytest run X2CTReconLogic (and the checks of X2CTReconLib.selftest that X2CTReconTest runs
+in Slicer) without Slicer. Names and signatures are Slicer's; each class or function cites the file
+of Slicer/Slicer (or of a CTK/Qt API) it mirrors. Volume nodes hold a vtkImageData and a
+vtkMatrix4x4, slice composite nodes hold layer ids and opacity, table nodes wrap a vtkTable.
+``vtk`` is the real package. Nothing of the GUI exists: the widget is not exercised here.
 
 Use :func:`install` with pytest's ``monkeypatch`` so that the fake modules vanish after the test.
 """
 
 from __future__ import annotations
 
+import time
 import types
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
+from . import mrml, util
 
+VOLUME_RENDERING_PRESETS = ("CT-AAA", "CT-Bone", "CT-Chest-Contrast-Enhanced", "CT-Lung", "CT-MIP", "CT-X-ray")
+"""A few preset names of Modules/Loadable/VolumeRendering/Resources/presets.xml."""
 
-class StorageNode:
-    """vtkMRMLStorageNode: only the file name."""
-
-    def __init__(self, fileName: Optional[str]) -> None:
-        self._fileName = fileName
-
-    def GetFileName(self) -> Optional[str]:
-        return self._fileName
+COLOR_NODE_IDS = ("vtkMRMLColorTableNodeGrey", "vtkMRMLColorTableNodeIron", "vtkMRMLColorTableNodeFileInferno.txt")
+"""Default colour nodes (ids as in Libs/MRML/Logic/vtkMRMLColorLogic.h) that Slicer adds at startup."""
 
 
-class ScalarVolumeNode:
-    """vtkMRMLScalarVolumeNode: name, attributes, storage node, voxels and IJKToRAS (numpy 4x4)."""
+class LayoutManager:
+    """qSlicerLayoutManager / qMRMLLayoutManager.h: ``layout`` property and ``setLayout(int)``."""
 
-    def __init__(self, name: str = "", fileName: Optional[str] = None) -> None:
-        self._name = name
-        self._attributes: Dict[str, str] = {}
-        self._storageNode = StorageNode(fileName) if fileName else None
-        self.voxels: Optional[np.ndarray] = None
-        self.ijkToRAS = np.eye(4)
+    def __init__(self) -> None:
+        self.layout = 1  # SlicerLayoutDefaultView
+        self.rotatedTo: Optional[str] = None  # recorded by util.setSliceViewerLayers
+        self.fitted = 0
 
-    def GetName(self) -> str:
-        return self._name
+    def setLayout(self, layout: int) -> None:
+        self.layout = int(layout)
 
-    def SetAttribute(self, name: str, value: str) -> None:
-        self._attributes[name] = value
 
-    def GetAttribute(self, name: str) -> Optional[str]:
-        return self._attributes.get(name)
+class CommandOptions:
+    """qSlicerCoreCommandOptions.h: the flags a script may read."""
 
-    def GetStorageNode(self) -> Optional[StorageNode]:
-        return self._storageNode
+    def __init__(self) -> None:
+        self.noMainWindow = True
+        self.testingEnabled = False
 
-    def SetIJKToRASMatrix(self, matrix) -> None:
-        self.ijkToRAS = np.array(matrix, dtype=float)
+
+class Application:
+    """slicer.app (qSlicerApplication.h / qSlicerCoreApplication.h): version properties and layoutManager()."""
+
+    def __init__(self, major: int, minor: int, withViews: bool) -> None:
+        self.majorVersion = major
+        self.minorVersion = minor
+        self._layoutManager = LayoutManager() if withViews else None
+
+    def layoutManager(self) -> Optional[LayoutManager]:
+        return self._layoutManager
+
+    def commandOptions(self) -> CommandOptions:
+        return CommandOptions()
+
+    def processEvents(self) -> None:
+        processEvents()
+
+
+class VolumeRenderingLogic:
+    """Modules/Loadable/VolumeRendering/Logic/vtkSlicerVolumeRenderingLogic.h."""
+
+    def __init__(self, scene: mrml.vtkMRMLScene) -> None:
+        self._scene = scene
+        self._presets = {}
+        for name in VOLUME_RENDERING_PRESETS:
+            preset = mrml.vtkMRMLVolumePropertyNode()
+            preset.SetName(name)
+            self._presets[name] = preset
+
+    def CreateDefaultVolumeRenderingNodes(self, volumeNode):
+        for index in range(self._scene.GetNumberOfNodesByClass("vtkMRMLVolumeRenderingDisplayNode")):
+            display = self._scene.GetNthNodeByClass(index, "vtkMRMLVolumeRenderingDisplayNode")
+            if display.volumeNodeID == volumeNode.GetID():
+                return display  # "Does not create new nodes if they exist already."
+        display = self._scene.AddNewNodeByClass("vtkMRMLGPURayCastVolumeRenderingDisplayNode")
+        display.volumeNodeID = volumeNode.GetID()
+        return display
+
+    def GetPresetByName(self, presetName: str):
+        return self._presets.get(presetName)
 
 
 class DicomDatabase:
-    """ctkDICOMDatabase: fileForInstance returns "" for an unknown UID, like the real one."""
+    """ctkDICOMDatabase.h: ``isOpen`` and ``fileForInstance`` ("" for an unknown UID, like the real one)."""
 
-    def __init__(self, files: Optional[Dict[str, str]] = None) -> None:
-        self.files = dict(files or {})
+    def __init__(self) -> None:
+        self.files: Dict[str, str] = {}
+        self.isOpen = True
+        self.imported: List[Tuple[str, bool]] = []
 
     def fileForInstance(self, sopInstanceUID: str) -> str:
         return self.files.get(sopInstanceUID, "")
+
+
+_timers: List[Tuple[float, Callable[[], None]]] = []
+
+
+def _singleShot(msec: int, callback: Callable[[], None]) -> None:
+    """qt.QTimer.singleShot(msec, callable) as PythonQt exposes it."""
+    _timers.append((time.monotonic() + msec / 1000.0, callback))
+
+
+def processEvents() -> int:
+    """Run the single-shot timers that are due (the GUI thread's event loop); returns how many ran."""
+    now = time.monotonic()
+    due = [entry for entry in _timers if entry[0] <= now]
+    for entry in due:
+        _timers.remove(entry)
+        entry[1]()
+    return len(due)
+
+
+def runEventLoop(until: Callable[[], bool], timeoutSeconds: float = 60.0) -> bool:
+    """Process timers until ``until()`` is true or the timeout passes; returns ``until()``."""
+    deadline = time.monotonic() + timeoutSeconds
+    while not until() and time.monotonic() < deadline:
+        if not processEvents():
+            time.sleep(0.01)
+    return until()
 
 
 class _Base:
@@ -73,30 +135,43 @@ class _Logic(_Base):
         return None
 
 
-class _VTKObservationMixin:
-    def __init__(self) -> None:
-        pass
+def _importDicom(dicomDataDir, dicomDatabase=None, copyFiles=False) -> bool:
+    """Modules/Scripted/DICOMLib/DICOMUtils.py importDicom(dicomDataDir, dicomDatabase=None, copyFiles=False)."""
+    import slicer
+
+    (dicomDatabase or slicer.dicomDatabase).imported.append((str(dicomDataDir), bool(copyFiles)))
+    return True
 
 
-class _Choice:
-    def __init__(self, choices) -> None:
-        self.choices = choices
+class _Validator:
+    """Choice / WithinRange of Base/Python/slicer/parameterNodeWrapper/validators.py (arguments kept only)."""
+
+    def __init__(self, *args) -> None:
+        self.args = args
 
 
-def _addVolumeFromArray(narray, ijkToRAS=None, name=None, nodeClassName=None):
-    node = ScalarVolumeNode(name or "")
-    if ijkToRAS is not None:
-        node.SetIJKToRASMatrix(ijkToRAS)
-    node.voxels = np.array(narray, copy=True)
-    return node
+def make_modules(major: int = 5, minor: int = 8, withViews: bool = False) -> Dict[str, types.ModuleType]:
+    """Fresh fake modules keyed by import name (the real ``vtk`` is used as is)."""
+    util.calls.clear()
+    util.answers["confirmOkCancelDisplay"] = True
+    _timers.clear()
+    scene = mrml.vtkMRMLScene()
+    for name in ("Red", "Yellow", "Green"):
+        composite = scene.AddNode(mrml.vtkMRMLSliceCompositeNode())
+        composite.SetName(f"SliceComposite{name}")
+    for colorID in COLOR_NODE_IDS:
+        color = mrml.vtkMRMLColorTableNode()
+        color._id = colorID
+        scene.AddNode(color)
 
-
-def make_modules() -> Dict[str, types.ModuleType]:
-    """Fresh fake modules keyed by import name."""
     slicer = types.ModuleType("slicer")
-    util = types.ModuleType("slicer.util")
-    util.VTKObservationMixin = _VTKObservationMixin
-    util.addVolumeFromArray = _addVolumeFromArray
+    slicerUtil = types.ModuleType("slicer.util")
+    for name in (
+        "addVolumeFromArray", "updateVolumeFromArray", "arrayFromVolume", "arrayFromVTKMatrix", "vtkMatrixFromArray",
+        "loadVolume", "saveNode", "setSliceViewerLayers", "resetThreeDViews", "tempDirectory", "errorDisplay",
+        "confirmOkCancelDisplay", "pip_install", "VTKObservationMixin", "WaitCursor",
+    ):
+        setattr(slicerUtil, name, getattr(util, name))
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
@@ -107,30 +182,55 @@ def make_modules() -> Dict[str, types.ModuleType]:
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (_Base,), {})
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = _Choice
-    slicer.util = util
+    wrapper.Choice = type("Choice", (_Validator,), {})
+    wrapper.WithinRange = type("WithinRange", (_Validator,), {})
+
+    slicer.util = slicerUtil
     slicer.i18n = i18n
     slicer.ScriptedLoadableModule = scripted
     slicer.parameterNodeWrapper = wrapper
-    slicer.vtkMRMLScalarVolumeNode = ScalarVolumeNode
+    slicer.mrmlScene = scene
+    slicer.app = Application(major, minor, withViews)
     slicer.dicomDatabase = DicomDatabase()
-    vtk = types.ModuleType("vtk")
-    vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
+    slicer.vtkMRMLNode = mrml.vtkMRMLNode
+    slicer.vtkMRMLScalarVolumeNode = mrml.vtkMRMLScalarVolumeNode
+    slicer.vtkMRMLLayoutNode = types.SimpleNamespace(SlicerLayoutConventionalView=2, SlicerLayoutFourUpView=3)
+    volumeRendering = VolumeRenderingLogic(scene)
+    slicer.modules = types.SimpleNamespace(volumerendering=types.SimpleNamespace(logic=lambda: volumeRendering))
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = types.SimpleNamespace(singleShot=_singleShot)
+    dicomLib = types.ModuleType("DICOMLib")
+    dicomUtils = types.ModuleType("DICOMLib.DICOMUtils")
+    dicomUtils.importDicom = _importDicom
+    dicomLib.DICOMUtils = dicomUtils
     return {
         "slicer": slicer,
-        "slicer.util": util,
+        "slicer.util": slicerUtil,
         "slicer.i18n": i18n,
         "slicer.ScriptedLoadableModule": scripted,
         "slicer.parameterNodeWrapper": wrapper,
-        "vtk": vtk,
+        "qt": qt,
+        "DICOMLib": dicomLib,
+        "DICOMLib.DICOMUtils": dicomUtils,
     }
 
 
-def install(monkeypatch) -> types.ModuleType:
+def install(monkeypatch, major: int = 5, minor: int = 8, withViews: bool = False) -> types.ModuleType:
     """Put the fake modules in ``sys.modules`` for one test; return the fake ``slicer``."""
     import sys
 
-    modules = make_modules()
+    modules = make_modules(major, minor, withViews)
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return modules["slicer"]
+
+
+def volumeFromFile(slicer: types.ModuleType, fileName: Optional[str], name: str = ""):
+    """A volume node whose storage node names ``fileName`` but holds no voxels (a file moved after loading)."""
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    if fileName:
+        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(fileName)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    return node

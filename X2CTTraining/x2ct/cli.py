@@ -164,7 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import predict_manifest, predict_to_folder
 
-    options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force)
+    classifiers = () if args.no_classifiers else args.classifier
+    options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force, classifiers=classifiers)
     if args.manifest:
         if args.pa or args.lateral:
             raise InputError(args.manifest, "give either --manifest or --pa/--lateral, not both")
@@ -185,6 +186,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"wrote {args.output}/ with {prediction.model.name} on {prediction.model.device} "
         f"in {prediction.timings_s['total']:.1f} s; re-projection consistency: {scores}"
     )
+    for f in prediction.findings:
+        print(f"  {f['label']}: {f['probability']:.2f} (threshold {f['threshold']:.2f}) {f['call']}")
     return 0
 
 
@@ -208,6 +211,89 @@ def cmd_evaluate_generator(args: argparse.Namespace) -> int:
     csv_path, json_path, document = evaluate_generator(args.model, args.data, args.output, args.split, args.device)
     print(headline(document))
     print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _eval_extra_errors(run: Callable[[], int]) -> int:
+    """Run a classifier command; a missing package of the eval extra (RuntimeError from the statistics) becomes
+    the one-line user error."""
+    try:
+        return run()
+    except RuntimeError as err:
+        if "eval extra" in str(err):
+            raise InputError(None, str(err)) from None
+        raise
+
+
+def cmd_synthesize_ct(args: argparse.Namespace) -> int:
+    from .classify.synthesize import synthesize_ct
+
+    report = synthesize_ct(args.model, args.data, args.output, args.split, args.device, args.batch_size)
+    for note in report.warnings:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    print(
+        f"synthesized {len(report.written)} CTs with {report.model}, skipped {len(report.skipped)} (finished "
+        f"earlier); manifest {report.manifest}"
+    )
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from .classify.config import load_config
+    from .classify.train import train_classifier
+
+    overrides = list(args.set or [])
+    named = (
+        ("data", args.data),
+        ("out", args.output),
+        ("task", args.task),
+        ("arch", args.arch),
+        ("inputs", args.inputs),
+        ("ct_source", args.ct_source),
+        ("labels", args.labels),
+        ("device", args.device),
+        ("threads", args.threads),
+    )
+    overrides += [f"{key}={value}" for key, value in named if value is not None]
+    config = load_config(args.config, overrides)
+    result = _eval_extra_errors(lambda: train_classifier(config, resume=args.resume))
+    if result.finished:
+        thresholds = ", ".join(f"{c} {t:.3f}" for c, t in result.thresholds.items())
+        print(
+            f"trained {result.global_step} steps; selected epoch {result.best_epoch} (validation mean AUC "
+            f"{result.best_mean_auc:.3f}); thresholds {thresholds}; model in {result.model_dir}"
+        )
+    else:
+        print(f"stopped at step {result.global_step}; run the same command with --resume to continue")
+    return 0
+
+
+def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
+    from .classify.evaluate import evaluate_classifier, headline
+
+    document = _eval_extra_errors(
+        lambda: evaluate_classifier(
+            args.model,
+            args.data,
+            args.output,
+            split=args.split,
+            labels=args.labels,
+            ct_source=args.ct_source,
+            device=args.device,
+            compare=args.compare,
+            cam_hit_rate=args.cam_hit_rate,
+        )
+    )
+    print(headline(document))
+    for column, record in ((document.get("comparison") or {}).get("outputs") or {}).items():
+        if "p_value" in record:
+            difference, p_value = record["difference"], record["p_value"]
+            print(f"{column} vs {args.compare}: AUC difference {difference:+.3f}, p = {p_value:.3g}")
+    for column, record in ((document.get("cam_hit_rate") or {}).get("outputs") or {}).items():
+        top = record["headline"]
+        if top is not None:
+            print(f"{column} CAM hit rate ({top['input']}): {top['hit_rate']:.2f} of {top['n']} positive cases")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -303,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true", help="also write a DICOM CT series marked synthetic")
     p.add_argument("--force", action="store_true", help="run even when DICOM BodyPartExamined is not chest")
     p.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the files' view tags")
+    p.add_argument(
+        "--classifier",
+        action="append",
+        metavar="NAME|PATH",
+        help="disease classifier to run (repeatable; default: every bundled classifier); writes findings.json "
+        "and gradcam/",
+    )
+    p.add_argument("--no-classifiers", action="store_true", help="synthetic CT only: no findings, no Grad-CAM")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -333,6 +427,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder for the CSV and JSON")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_evaluate_generator)
+
+    p = sub.add_parser(
+        "synthesize-ct",
+        help="a generator's synthetic CT of every case of a built data set (a CT source for classifiers)",
+        description="Run a generator on each case's stored DRRs (xray1 = PA, xray2 = lateral) and write "
+        "OUT/<case_id>/synthetic_ct.nrrd (HU, canonical grid, as x2ct predict writes it) and OUT/manifest.csv. "
+        "Finished cases are skipped; a folder made with other weights is refused.",
+    )
+    p.add_argument(
+        "--model", metavar="NAME|PATH", required=True, help="bundled generator name, official .pth or x2ct model folder"
+    )
+    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (resumable)")
+    p.add_argument("--split", default="all", choices=("train", "val", "test", "all"), help="default all")
+    p.add_argument("--batch-size", type=int, default=4, help="cases per generator call (default 4)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
+    p.set_defaults(func=cmd_synthesize_ct)
+
+    p = sub.add_parser(
+        "train-classifier",
+        help="train a disease classifier (TB, TB type, TB activity, PE) on radiographs, CT or both; resumable",
+        description="Train with BCE (class weights), Adam and model selection on validation (mean AUC); the "
+        "thresholds are chosen on validation (Youden) and frozen into RUN/model. Every setting comes from the "
+        "config file (default x2ct/train/classifier_default.json) and --set KEY=VALUE; see docs/classifiers.md. "
+        "--resume continues an interrupted run with identical results. Needs the eval extra (scikit-learn).",
+    )
+    p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
+    p.add_argument("--task", choices=("tb", "tb_type", "tb_activity", "pe"), help="= --set task=... (default tb)")
+    p.add_argument(
+        "--arch",
+        metavar="ARCH",
+        help="densenet2d, hemis-densenet2d, cnn3d, cnn3d-2slice, densenet3d, "
+        "concat-cnn3d, concat-cnn3d-2slice or late-fusion (= --set arch=...)",
+    )
+    p.add_argument("--inputs", metavar="KEYS", help="comma list of pa, lateral, ct (default: what the arch reads)")
+    p.add_argument(
+        "--ct-source",
+        metavar="real|DIR",
+        help="real (the data set's CT, default) or a folder written by x2ct synthesize-ct / x2ct predict --manifest",
+    )
+    p.add_argument("--labels", metavar="CSV", help="label file (default DATA/manifest.csv)")
+    p.add_argument("-o", "--output", metavar="RUN", help="run folder (= --set out=RUN)")
+    p.add_argument("--config", metavar="FILE", help="JSON config file (default: x2ct/train/classifier_default.json)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="= --set device=... (config default: auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (= --set threads=N; 0 = torch's default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser(
+        "evaluate-classifier",
+        help="score a classifier on a split: DeLong AUC, frozen threshold, Wilson CIs, ROC, comparison, CAM hit rate",
+        description="Writes OUT/predictions.csv, OUT/metrics.json and OUT/roc.png. The threshold is the one frozen "
+        "in the model (chosen on validation). Needs the eval extra: pip install 'x2ct[eval]'.",
+    )
+    p.add_argument("--model", metavar="PATH", required=True, help="RUN/model (or the training run folder RUN)")
+    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
+    p.add_argument("--labels", metavar="CSV", help="label file (default DATA/manifest.csv)")
+    p.add_argument("--ct-source", metavar="real|DIR", help="CT source (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder")
+    p.add_argument("--compare", metavar="OTHER_EVAL", help="another evaluation folder on the same cases: DeLong test")
+    p.add_argument(
+        "--cam-hit-rate",
+        action="store_true",
+        help="Grad-CAM peak inside the lesion masks for positive cases (data sets with lesion masks)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
+    p.set_defaults(func=cmd_evaluate_classifier)
 
     p = sub.add_parser("demo", help="the demo: x2ct predict on the bundled sample radiographs with the demo models")
     p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")

@@ -3,12 +3,13 @@
 Inputs: ``Resources/SampleData/radiographs/pa.png`` and ``lateral.png``, DRRs of the bundled real
 chest CT (un-augmented, table removed; held out from the demo models' training; see the README
 there). Models: the bundled demo generators ``x2ct-demo-biplanar`` (+B: PA + lateral) and
-``x2ct-demo-singleview`` (+S: PA only).
+``x2ct-demo-singleview`` (+S: PA only). Classifiers: every bundled one (``Resources/Classifiers``),
+giving findings and Grad-CAM maps.
 
 Output folder (default ``./x2ct-demo/``), written atomically as a whole::
 
-    biplanar/    synthetic_ct.nrrd, summary.json, report.png   (x2ct predict --pa --lateral)
-    singleview/  synthetic_ct.nrrd, summary.json, report.png   (x2ct predict --pa)
+    biplanar/    synthetic_ct.nrrd, summary.json, report.png, findings.json, gradcam/  (x2ct predict --pa --lateral)
+    singleview/  the same                                                             (x2ct predict --pa)
     demo.json    both runs side by side: model, device, consistency, timings
 """
 
@@ -59,7 +60,8 @@ def run_demo(out: Path, device: str = "auto") -> dict:
         lateral = inputs["lateral"] if folder == "biplanar" else None
         model = cache.get(name, have_lateral=lateral is not None)
         print(f"[{n}/{len(DEMO_MODELS) + 1}] {name} on {model.device}: {'PA + lateral' if lateral else 'PA only'}")
-        predictions[folder] = predict(model, inputs["pa"], lateral)
+        classifiers = cache.classifiers(have_lateral=lateral is not None)
+        predictions[folder] = predict(model, inputs["pa"], lateral, classifiers=classifiers)
     print(f"[{len(DEMO_MODELS) + 1}/{len(DEMO_MODELS) + 1}] writing {out}/")
     summary = {
         "inputs": {k: str(v) for k, v in inputs.items()},
@@ -71,6 +73,7 @@ def run_demo(out: Path, device: str = "auto") -> dict:
                 "consistency": p.consistency_score,
                 "consistency_per_view": p.consistency,
                 "generator_s": p.timings_s["generator"],
+                "findings": {f["output"]: {"probability": f["probability"], "call": f["call"]} for f in p.findings},
                 "outputs": f"{folder}/",
             }
             for folder, p in predictions.items()
@@ -83,4 +86,6 @@ def run_demo(out: Path, device: str = "auto") -> dict:
         (tmp / DEMO_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     for folder, run in summary["runs"].items():
         print(f"  {folder:<10} consistency {run['consistency']:.3f}  -> {out / folder / 'report.png'}")
+        for output, finding in run["findings"].items():
+            print(f"  {'':<10} {output}: {finding['probability']:.2f} {finding['call']}")
     return summary

@@ -58,6 +58,7 @@ from . import __version__
 from .atomic import atomic_dir
 from .drr import DRRGeometry, normalize, project
 from .errors import InputError, PathLike
+from .findings import LoadedClassifier, findings_document, load_classifiers, run_classifiers
 from .geometry import CanonicalGrid
 from .intensity import unit_to_hu
 from .io import Radiograph, SyntheticProvenance, read_radiograph, write_synthetic_ct_series
@@ -81,6 +82,8 @@ OUTPUT_CT = "synthetic_ct.nrrd"
 OUTPUT_SUMMARY = "summary.json"
 OUTPUT_REPORT = "report.png"
 OUTPUT_DICOM = "dicom"
+OUTPUT_FINDINGS = "findings.json"
+OUTPUT_GRADCAM = "gradcam"
 
 ProgressCallback = Callable[[float, str], None]
 """``progress(fraction in [0, 1], message)``."""
@@ -484,6 +487,9 @@ class Prediction:
                 "method": "cone-beam re-projection with the training DRR geometry vs the preprocessed input; "
                 "ncc = Pearson correlation, ssim = SSIM (7x7, data range 1)",
             },
+            "findings": [
+                {k: f[k] for k in ("output", "probability", "threshold", "call", "model")} for f in self.findings
+            ],
             "timings_s": self.timings_s,
             "warnings": self.warnings,
         }
@@ -504,8 +510,10 @@ def predict(
     view_override: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
+    classifiers: Sequence[LoadedClassifier] = (),
 ) -> Prediction:
-    """Run the pipeline on one case. ``pa``/``lateral`` are files or already-read radiographs.
+    """Run the pipeline on one case. ``pa``/``lateral`` are files or already-read radiographs;
+    ``classifiers`` (x2ct.findings.load_classifiers) add findings and Grad-CAM maps (stage 6).
 
     Raises InputError for a broken input rule (module doc), including a biplanar model without a
     lateral and a single-view model with one; :class:`PredictionCancelled` when ``cancel()`` says so.
@@ -546,19 +554,26 @@ def predict(
     reprojections = {view: reproject(volume_hu, view, model.spec, model.device) for view in prepared}
     consistency = {view: consistency_scores(reprojections[view], prepared[view].model_input) for view in prepared}
     timings["reprojection"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - start
-    _stage(progress, cancel, 0.9, "prediction done")
     warnings = [f"{view}: {note}" for view, p in prepared.items() for note in p.radiograph.warnings]
-    return Prediction(
+    prediction = Prediction(
         volume_hu=volume_hu,
         grid=CanonicalGrid(size=volume_hu.shape[0]),
         model=model,
         views=prepared,
         reprojections=reprojections,
         consistency=consistency,
-        timings_s={k: round(v, 3) for k, v in timings.items()},
+        timings_s={},
         warnings=warnings,
     )
+    if classifiers:
+        _stage(progress, cancel, 0.8, f"classifiers and Grad-CAM ({len(classifiers)} models)")
+        t = time.perf_counter()
+        prediction.findings, prediction.cams = run_classifiers(prediction, classifiers)
+        timings["classifiers"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    prediction.timings_s = {k: round(v, 3) for k, v in timings.items()}
+    _stage(progress, cancel, 0.9, "prediction done")
+    return prediction
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,11 +602,40 @@ def check_output_dir(out_dir: PathLike) -> Path:
     return out
 
 
+def _write_findings(prediction: Prediction, ct_image: sitk.Image, folder: Path) -> List[str]:
+    """``findings.json`` and ``gradcam/``: per output ``<output>_ct.nrrd`` (float32 map on the synthetic CT's
+    grid), ``<output>_pa.nrrd`` / ``_lateral.nrrd`` (float32 map on the radiograph's pixel grid, its spacing
+    when known) and ``<output>_pa.png`` / ``_lateral.png`` (heat map over the radiograph). Returns the names."""
+    from PIL import Image
+
+    from .gradcam import cam_overlay_rgb, cam_volume_image
+
+    (folder / OUTPUT_FINDINGS).write_text(json.dumps(findings_document(prediction), indent=2) + "\n", encoding="utf-8")
+    if not prediction.cams:
+        return [OUTPUT_FINDINGS]
+    cam_dir = folder / OUTPUT_GRADCAM
+    cam_dir.mkdir()
+    for key, maps in prediction.cams.items():
+        for output, cam in maps.items():
+            stem = cam_dir / f"{output}_{key}"
+            if key == "ct":
+                sitk.WriteImage(cam_volume_image(cam, ct_image), f"{stem}.nrrd", useCompression=True)
+                continue
+            radiograph = prediction.views[PA if key == "pa" else LATERAL].radiograph
+            image = sitk.GetImageFromArray(cam.astype(np.float32))
+            if radiograph.spacing_mm:
+                image.SetSpacing((float(radiograph.spacing_mm[1]), float(radiograph.spacing_mm[0])))
+            sitk.WriteImage(image, f"{stem}.nrrd", useCompression=True)
+            Image.fromarray(cam_overlay_rgb(radiograph.pixels, cam)).save(f"{stem}.png", format="PNG")
+    return [OUTPUT_FINDINGS, OUTPUT_GRADCAM + "/"]
+
+
 def write_prediction(
     prediction: Prediction, out_dir: PathLike, dicom: bool = False, extra_timings: Optional[Dict[str, float]] = None
 ) -> Path:
-    """Write ``synthetic_ct.nrrd``, ``report.png``, ``summary.json`` (and ``dicom/`` with ``dicom``) into
-    ``out_dir`` atomically: the folder appears complete or not at all (an earlier one is replaced whole)."""
+    """Write ``synthetic_ct.nrrd``, ``report.png``, ``summary.json`` (``findings.json`` and ``gradcam/`` when
+    classifiers ran, ``dicom/`` with ``dicom``) into ``out_dir`` atomically: the folder appears complete or
+    not at all (an earlier one is replaced whole)."""
     from .report import report_picture
 
     out = check_output_dir(out_dir)
@@ -601,6 +645,8 @@ def write_prediction(
         sitk.WriteImage(image, str(tmp / OUTPUT_CT), useCompression=True)
         report_picture(prediction).save(tmp / OUTPUT_REPORT, format="PNG")
         outputs = [OUTPUT_CT, OUTPUT_REPORT, OUTPUT_SUMMARY]
+        if prediction.findings:
+            outputs += _write_findings(prediction, image, tmp)
         if dicom:
             views = " and ".join("PA" if v == PA else "lateral" for v in prediction.views)
             provenance = SyntheticProvenance(
@@ -630,11 +676,29 @@ def is_finished(out_dir: PathLike) -> bool:
 
 
 class ModelCache:
-    """Loaded models by (choice, device), so a batch loads each model once."""
+    """Loaded generators by choice, and the classifiers, so a batch loads each model once.
 
-    def __init__(self, device: str = "auto") -> None:
+    ``classifiers``: names or paths (x2ct.findings.load_classifiers); ``None`` = every bundled classifier,
+    an empty sequence = none.
+    """
+
+    def __init__(self, device: str = "auto", classifiers: Optional[Sequence[PathLike]] = None) -> None:
         self.device = resolve_device(device)
         self._models: Dict[str, LoadedModel] = {}
+        self._classifier_choice = None if classifiers is None else list(classifiers)
+        self._classifiers: Optional[List[LoadedClassifier]] = None
+
+    def classifiers(self, have_lateral: bool) -> List[LoadedClassifier]:
+        """The classifiers for a case. Bundled ones that need a lateral are left out of a PA-only case; a
+        classifier the user named that needs a lateral is an InputError for such a case."""
+        if self._classifiers is None:
+            self._classifiers = load_classifiers(self._classifier_choice, self.device)
+        if have_lateral:
+            return list(self._classifiers)
+        needs_lateral = [c for c in self._classifiers if "lateral" in c.inputs]
+        if needs_lateral and self._classifier_choice is not None:
+            raise InputError(None, f"classifier {needs_lateral[0].name} needs a lateral radiograph (--lateral)")
+        return [c for c in self._classifiers if "lateral" not in c.inputs]
 
     def get(self, model: Optional[str], have_lateral: bool) -> LoadedModel:
         """The model for a case: :func:`select_model` of ``model`` given whether a lateral is present."""
@@ -656,19 +720,22 @@ def predict_to_folder(
     cache: Optional[ModelCache] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
+    classifiers: Optional[Sequence[PathLike]] = None,
 ) -> Prediction:
     """Check, predict and write one case into ``out_dir`` (atomically); returns the prediction.
 
-    Every user error (InputError) is raised before anything is written.
+    ``classifiers`` as in :class:`ModelCache` (used when no ``cache`` is given). Every user error
+    (InputError) is raised before anything is written.
     """
     if pa is None:
         raise InputError(lateral, "a lateral radiograph needs a PA radiograph (--pa)")
     check_output_dir(out_dir)
-    cache = cache or ModelCache(device)
+    cache = cache or ModelCache(device, classifiers)
     t = time.perf_counter()
     loaded = cache.get(model, have_lateral=lateral is not None)
+    chosen = cache.classifiers(have_lateral=lateral is not None)
     load_s = time.perf_counter() - t
-    prediction = predict(loaded, pa, lateral, force, view_override, progress, cancel)
+    prediction = predict(loaded, pa, lateral, force, view_override, progress, cancel, chosen)
     _stage(progress, cancel, 0.95, "writing outputs")
     write_prediction(prediction, out_dir, dicom=dicom, extra_timings={"model_load": round(load_s, 3)})
     if progress is not None:
@@ -759,12 +826,14 @@ def predict_manifest(
     force: bool = False,
     view_override: bool = False,
     show_progress: bool = True,
+    classifiers: Optional[Sequence[PathLike]] = None,
 ) -> List[CaseResult]:
     """Predict every case of a manifest CSV into ``out_root/<case_id>/``.
 
     Resume: a case whose folder already holds a finished prediction is skipped. Failure isolation:
     a case that fails is recorded (one line) and the others go on. ``out_root/batch_summary.csv`` is
-    rewritten after every case. The manifest is validated before any case runs.
+    rewritten after every case. The manifest is validated before any case runs. ``classifiers`` as in
+    :class:`ModelCache`.
     """
     from tqdm import tqdm
 
@@ -772,7 +841,7 @@ def predict_manifest(
     out = Path(out_root)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output exists and is not a folder")
-    cache = ModelCache(device)
+    cache = ModelCache(device, classifiers)
     results: List[CaseResult] = []
     bar = tqdm(rows, desc="predict", unit="case", disable=not show_progress)
     for row in bar:

@@ -6,6 +6,11 @@ Layout (tiles of ``TILE`` pixels)::
     red banner: SYNTHETIC CT ... not for diagnosis
     row 1: per input view, the radiograph as the model saw it | the re-projection of the synthetic CT (ncc, ssim)
     row 2: axial | coronal | sagittal central slices of the synthetic CT (HU window, orientation letters)
+    row 3 (when classifiers ran): per finding with a radiograph map, its Grad-CAM over the PA (or lateral)
+    row 4 (when classifiers ran): per finding with a CT map, its Grad-CAM over the coronal synthetic-CT
+           slice through the map's peak
+
+Finding labels read ``output  p=0.73 (thr 0.41) POS``; heat maps use x2ct.gradcam.cam_overlay_rgb.
 
 Radiographs are shown in their display convention (x2ct.views): PA with the patient's right on the
 image left, lateral with anterior on the left, superior up. Slices follow x2ct.preview's radiological
@@ -14,11 +19,12 @@ display of the canonical (D, H, W) array.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .gradcam import cam_overlay_rgb
 from .preview import DEFAULT_WINDOW_HU, three_plane_slices
 from .views import LATERAL
 
@@ -61,6 +67,29 @@ def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, letters: Tuple[str, st
     draw.text((x0 + TILE - 12, y0 + TILE // 2 - 8), right, fill="yellow", font=font)
 
 
+def _finding_caption(finding: Dict[str, Any]) -> str:
+    call = "POS" if finding["call"] == "positive" else "neg"
+    return f"{finding['output']} p={finding['probability']:.2f} (thr {finding['threshold']:.2f}) {call}"
+
+
+def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, Tuple[str, str, str, str]]]]:
+    """Rows 3 and 4 of the report: Grad-CAM over the radiograph and over the coronal CT slice at the peak."""
+    captions = {f["output"]: _finding_caption(f) for f in prediction.findings}
+    radiograph_row = []
+    for key, view in (("pa", "PA"), ("lateral", LATERAL)):
+        for output, cam in prediction.cams.get(key, {}).items():
+            pixels = prediction.views[view].radiograph.pixels
+            overlay = Image.fromarray(cam_overlay_rgb(pixels, cam)).resize((TILE, TILE), Image.BILINEAR)
+            radiograph_row.append((overlay, f"{view} {captions[output]}", _RADIOGRAPH_LETTERS[view]))
+    ct_row = []
+    for output, cam in prediction.cams.get("ct", {}).items():
+        h = int(np.unravel_index(int(np.argmax(cam)), cam.shape)[1])
+        gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
+        overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
+        ct_row.append((overlay, f"CT cor {h} {captions[output]}", _SLICE_LETTERS["coronal"]))
+    return [row for row in (radiograph_row, ct_row) if row]
+
+
 def report_picture(prediction: Prediction) -> Image.Image:
     """The report of ``prediction`` as an RGB picture (see the module doc for the layout)."""
     font = ImageFont.load_default(size=14)
@@ -80,9 +109,10 @@ def report_picture(prediction: Prediction) -> Image.Image:
         (_tile(_window(image)), f"synthetic CT {name}", _SLICE_LETTERS[name])
         for name, image in three_plane_slices(prediction.volume_hu).items()
     ]
-    width = TILE * max(len(row1), len(row2))
+    rows = [row1, row2, *_finding_rows(prediction)]
+    width = TILE * max(len(row) for row in rows)
     top = _HEADER + _BANNER_HEIGHT
-    height = top + 2 * (_LABEL + TILE)
+    height = top + len(rows) * (_LABEL + TILE)
     canvas = Image.new("RGB", (width, height), "black")
     draw = ImageDraw.Draw(canvas)
     model = prediction.model
@@ -91,7 +121,7 @@ def report_picture(prediction: Prediction) -> Image.Image:
     draw.text((6, 4), title, fill="white", font=font)
     draw.rectangle([0, _HEADER, width, top], fill=(170, 0, 0))
     draw.text((6, _HEADER + 4), BANNER, fill="white", font=font)
-    for row, tiles in enumerate((row1, row2)):
+    for row, tiles in enumerate(rows):
         y_label = top + row * (_LABEL + TILE)
         for n, (tile, label, letters) in enumerate(tiles):
             x0 = n * TILE

@@ -1,0 +1,538 @@
+"""X2CTReconLogic, the batch script and X2CTReconLib run against the Slicer stand-in (Testing/slicer_standin).
+
+The scene checks are X2CTReconLib.selftest's, the same functions X2CTReconTest runs inside Slicer.
+The real x2ct pipeline runs with the bundled demo models on the bundled sample radiographs (CPU,
+about a second per reconstruction). Findings and Grad-CAM maps are stand-ins (see selftest).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "X2CTRecon"
+MODULE_NAMES = ("X2CTRecon", "X2CTReconLib", "X2CTReconLib.background", "X2CTReconLib.dependencies",
+                "X2CTReconLib.results", "X2CTReconLib.selftest", "x2ct_batch")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _import_module(monkeypatch, tmp_path, **standin):
+    import slicer_standin
+
+    fake = slicer_standin.install(monkeypatch, **standin)
+    monkeypatch.setitem(slicer_standin.util.temporaryRoot, "path", str(tmp_path))
+    monkeypatch.setattr(sys, "path", [str(MODULE_DIR), str(MODULE_DIR / "Scripts"), *sys.path])
+    for name in MODULE_NAMES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import X2CTRecon
+
+    return X2CTRecon, fake
+
+
+@pytest.fixture()
+def recon(monkeypatch, tmp_path):
+    """(X2CTRecon module, fake slicer) without views, like ``Slicer --no-main-window``."""
+    yield _import_module(monkeypatch, tmp_path)
+    for name in MODULE_NAMES:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture()
+def recon_gui(monkeypatch, tmp_path):
+    """(X2CTRecon module, fake slicer) with a layout manager, like the Slicer window."""
+    yield _import_module(monkeypatch, tmp_path, withViews=True)
+    for name in MODULE_NAMES:
+        sys.modules.pop(name, None)
+
+
+def _logic(module):
+    logic = module.X2CTReconLogic()
+    logic.checkDependencies(requireTorch=False)
+    return logic
+
+
+def _samples(fake):
+    from X2CTReconLib import selftest
+
+    pa, lateral = selftest.sampleRadiographPaths()
+    return tuple(fake.util.loadVolume(str(path), {"singleFile": True}) for path in (pa, lateral))
+
+
+# --- the checks X2CTReconTest runs in Slicer ---------------------------------------------------------------
+
+
+def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
+    """X2CTReconTest.test_ReconstructSampleRadiographs: CT geometry, table, heat maps, layers, layout, 3D."""
+    module, fake = recon_gui
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, lateral = _samples(fake)
+    results = logic.process(pa, lateral, device="cpu", waitForCompletion=True)
+    assert results.prediction.model.name == "x2ct-demo-biplanar"
+    selftest.checkSyntheticCT(fake, results)
+    selftest.checkFindingsTable(results, [])
+    assert fake.app.layoutManager().layout == fake.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    rendering = fake.mrmlScene.GetFirstNodeByClass("vtkMRMLVolumeRenderingDisplayNode")
+    assert rendering.volumeNodeID == results.ctVolume.GetID() and rendering.GetVisibility() == 1
+    assert rendering.GetVolumePropertyNode().GetName() == "CT-Chest-Contrast-Enhanced"
+    import slicer_standin
+
+    assert {"function": "resetThreeDViews"} in slicer_standin.util.calls
+
+    prediction = selftest.addStandInClassifierOutputs(results.prediction)
+    results = logic.showPrediction(prediction, pa, lateral, heatMapThreshold=0.25)
+    selftest.checkFindingsTable(results, prediction.findings)
+    selftest.checkHeatMaps(fake, results, threshold=0.25)
+    selftest.checkSliceLayers(fake, results, logic)
+    assert results.heatMapOutputs == sorted(selftest.STAND_IN_OUTPUTS)
+    assert fake.app.layoutManager().rotatedTo == lateral.GetID()  # the last showSliceLayers call
+
+
+def test_background_run_reports_progress_and_cancel_adds_nothing(recon):
+    """X2CTReconTest.test_BackgroundRunAndCancel: non-blocking runs polled by single-shot timers."""
+    import slicer_standin
+
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, _ = _samples(fake)
+    record = selftest.runInBackground(fake, logic, pa, cancelAtOnce=False)
+    assert slicer_standin.runEventLoop(lambda: record.get("completed"))
+    selftest.checkBackgroundRecord(record, cancelled=False)
+    assert not logic.isRunning
+    assert record["results"].prediction.model.name == "x2ct-demo-singleview"
+
+    record = selftest.runInBackground(fake, logic, pa, cancelAtOnce=True)
+    assert slicer_standin.runEventLoop(lambda: record.get("completed"))
+    selftest.checkBackgroundRecord(record, cancelled=True)
+    assert logic.errorMessage(record["error"]).startswith("Cancelled")
+
+
+def test_volume_from_canonical_image_geometry(recon):
+    """X2CTReconTest.test_AddVolumeFromImageGeometry."""
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    from x2ct.geometry import CanonicalGrid
+
+    grid = CanonicalGrid(size=64, center_lps=(12.0, -30.0, 100.5))
+    voxels = np.random.default_rng(0).random(grid.shape_dhw, dtype=np.float32)
+    node = _logic(module).addVolumeFromImage(grid.image_from_array(voxels), "SYNTHETIC test")
+    selftest.checkVolumeGeometry(fake, node, grid.ijk_to_ras(), voxels)
+    assert node.GetName() == "SYNTHETIC test"
+
+
+def test_checks_catch_a_misplaced_ct(recon):
+    """The shared geometry check fails on an LPS matrix used as RAS (the mistake it guards against)."""
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, lateral = _samples(fake)
+    results = logic.process(pa, lateral, device="cpu", showResult=False)
+    results.ctVolume.SetIJKToRASMatrix(fake.util.vtkMatrixFromArray(results.prediction.grid.ijk_to_lps()))
+    with pytest.raises(AssertionError):
+        selftest.checkSyntheticCT(fake, results)
+
+
+# --- radiograph heat maps and loaders ---------------------------------------------------------------------
+
+
+def test_radiograph_heat_map_follows_a_loader_that_reverses_rows(recon):
+    module, fake = recon
+    logic = _logic(module)
+    rows, columns = 90, 70
+    y, x = np.mgrid[0:rows, 0:columns]
+    x2ctPixels = (0.2 + 0.6 * (y / rows) ** 2 + 0.1 * np.sin(x / 7.0)).astype(np.float32)  # not symmetric
+    heatMap = np.zeros((rows, columns), np.float32)
+    heatMap[10, 50] = 1.0
+    matrix = np.diag([-0.2, -0.3, 1.0, 1.0])
+    asStored = fake.util.addVolumeFromArray(x2ctPixels[None] * 4095, ijkToRAS=matrix, name="as stored")
+    reversed_ = fake.util.addVolumeFromArray(x2ctPixels[::-1][None] * 4095, ijkToRAS=matrix, name="reversed")
+
+    for node, expectedPeak in ((asStored, (0, 10, 50)), (reversed_, (0, rows - 1 - 10, 50))):
+        volume = logic.addRadiographHeatMap(heatMap, node, x2ctPixels, "map")
+        voxels = fake.util.arrayFromVolume(volume)
+        assert np.unravel_index(int(np.argmax(voxels)), voxels.shape) == expectedPeak
+        np.testing.assert_allclose(fake.util.arrayFromVTKMatrix(_matrix(volume)), matrix)
+
+
+def _matrix(volume):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def test_radiograph_heat_map_keeps_the_parent_transform_and_rejects_other_sizes(recon):
+    module, fake = recon
+    logic = _logic(module)
+    pixels = np.linspace(0, 1, 40 * 50, dtype=np.float32).reshape(40, 50)
+    node = fake.util.addVolumeFromArray(pixels[None], name="radiograph")
+    node.SetAndObserveTransformNodeID("vtkMRMLLinearTransformNode4")
+    volume = logic.addRadiographHeatMap(np.ones((40, 50), np.float32), node, pixels, "map")
+    assert volume.GetTransformNodeID() == "vtkMRMLLinearTransformNode4"
+    with pytest.raises(ValueError, match="does not match"):
+        logic.addRadiographHeatMap(np.ones((40, 51), np.float32), node, pixels, "map")
+    with pytest.raises(ValueError, match="holds"):
+        logic.addRadiographHeatMap(np.ones((50, 40), np.float32), node, pixels.T.copy(), "map")
+
+
+def test_unplaceable_radiograph_heat_map_becomes_a_warning(recon):
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, lateral = _samples(fake)
+    results = logic.process(pa, lateral, device="cpu", showResult=False)
+    prediction = selftest.addStandInClassifierOutputs(results.prediction)
+    prediction.cams["pa"]["nodule_present"] = np.zeros((8, 8), np.float32)
+    results = logic.showPrediction(prediction, pa, lateral, showResult=False)
+    assert "nodule_present" not in results.heatMaps["pa"] and "tb_present" in results.heatMaps["pa"]
+    assert any("Grad-CAM nodule_present on pa not shown" in warning for warning in results.warnings)
+
+
+# --- user errors, dependencies ------------------------------------------------------------------------------
+
+
+def test_file_lookup_errors_are_one_line_input_errors(recon, tmp_path):
+    import slicer_standin
+
+    module, fake = recon
+    from x2ct.errors import InputError
+
+    logic = _logic(module)
+    with pytest.raises(InputError, match="not loaded from a file"):
+        logic.process(fake.util.addVolumeFromArray(np.zeros((1, 40, 40), np.uint8), name="made in memory"))
+    moved = slicer_standin.volumeFromFile(fake, str(tmp_path / "moved away.png"), "moved")
+    with pytest.raises(InputError, match="moved away.png") as error:
+        logic.process(moved, device="cpu")
+    assert logic.errorMessage(error.value) == str(error.value) and "\n" not in str(error.value)
+
+    dicomNode = slicer_standin.volumeFromFile(fake, None, "from DICOM")
+    dicomNode.SetAttribute("DICOM.instanceUIDs", "1.2.826.0.1.3 1.2.826.0.1.4")
+    fake.dicomDatabase.files["1.2.826.0.1.3"] = str(tmp_path / "x.dcm")
+    assert logic.radiographFilePath(dicomNode) == str(tmp_path / "x.dcm")
+    del fake.dicomDatabase.files["1.2.826.0.1.3"]
+    with pytest.raises(InputError, match="DICOM database"):
+        logic.radiographFilePath(dicomNode)
+
+
+def test_pipeline_errors_reach_the_callback_as_one_message(recon):
+    import slicer_standin
+
+    module, fake = recon
+    logic = _logic(module)
+    pa, lateral = _samples(fake)
+    outcome = {}
+    logic.process(pa, lateral, modelName="x2ct-demo-singleview", device="cpu", waitForCompletion=False,
+                  completedCallback=lambda results, error: outcome.update(results=results, error=error))
+    assert slicer_standin.runEventLoop(lambda: "error" in outcome)
+    assert outcome["results"] is None
+    message = logic.errorMessage(outcome["error"])
+    assert "single-view" in message and "\n" not in message and "Traceback" not in message
+
+
+def test_unexpected_errors_log_the_trace_and_show_one_line(recon, caplog):
+    module, _ = recon
+    logic = _logic(module)
+    try:
+        raise KeyError("boom")
+    except KeyError as err:
+        error = err
+    message = logic.errorMessage(error)
+    assert message.startswith("X2CT Recon failed: KeyError") and "\n" not in message
+    assert "Traceback" in caplog.text or any(record.exc_info for record in caplog.records)
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "Choose CPU" in logic.errorMessage(oom)
+
+
+class _FakeTorchLogic:
+    installed = False
+    installResult = None
+    calls: List[dict] = []
+
+    def torchInstalled(self):
+        return self.installed
+
+    def installTorch(self, **kwargs):
+        _FakeTorchLogic.calls.append(kwargs)
+        return self.installResult
+
+
+def test_torch_comes_from_the_pytorch_extension(recon, monkeypatch):
+    module, _ = recon
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails like a missing extension
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="Extensions Manager"):
+        module.X2CTReconLogic().checkDependencies(requireTorch=True)
+
+    fake = types.ModuleType("PyTorchUtils")
+    fake.PyTorchUtilsLogic = _FakeTorchLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
+    monkeypatch.setattr(_FakeTorchLogic, "calls", [])
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="PyTorch"):
+        module.X2CTReconLogic().checkDependencies(requireTorch=True)  # the user declined the install
+    assert _FakeTorchLogic.calls == [{"askConfirmation": True, "torchVersionRequirement": ">=2.1"}]
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="not installed"):
+        module.X2CTReconLogic().checkDependencies(requireTorch=True, allowInstall=False)
+    assert len(_FakeTorchLogic.calls) == 1  # batch mode never installs
+
+    monkeypatch.setattr(_FakeTorchLogic, "installed", True)
+    module.X2CTReconLogic().checkDependencies(requireTorch=True)  # torch present: nothing to install
+    assert len(_FakeTorchLogic.calls) == 1
+
+
+@pytest.mark.parametrize("version", [(5, 8), (5, 12)])
+def test_missing_packages_installed_after_consent_with_everything_else_pinned(monkeypatch, tmp_path, version):
+    module, fake = _import_module(monkeypatch, tmp_path, major=version[0], minor=version[1])
+    from X2CTReconLib import dependencies
+
+    import slicer_standin
+
+    absent = {"pylibjpeg-rle", "h5py-not-installed"}
+    real = dependencies.installedVersion
+    monkeypatch.setattr(dependencies, "installedVersion", lambda name: None if name in absent else real(name))
+    monkeypatch.setattr(dependencies, "readRequirements", lambda path: ["numpy>=1.22", "h5py-not-installed>=3.6"])
+
+    slicer_standin.util.answers["confirmOkCancelDisplay"] = False
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="cannot run without"):
+        module.X2CTReconLogic().checkDependencies(requireTorch=False)
+    assert [c["function"] for c in slicer_standin.util.calls] == ["confirmOkCancelDisplay"]
+    assert "h5py-not-installed>=3.6" in slicer_standin.util.calls[0]["text"]
+
+    slicer_standin.util.calls.clear()
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="Open X2CT Recon in the Slicer window"):
+        module.X2CTReconLogic().checkDependencies(requireTorch=False, allowInstall=False)
+    assert slicer_standin.util.calls == []
+
+    slicer_standin.util.answers["confirmOkCancelDisplay"] = True
+    module.X2CTReconLogic().checkDependencies(requireTorch=False)
+    pip = [c for c in slicer_standin.util.calls if c["function"] == "pip_install"]
+    assert len(pip) == 1
+    if version >= (5, 11):
+        assert pip[0]["requirements"] == ["h5py-not-installed>=3.6"] and pip[0]["requester"] == "X2CT Recon"
+        constraints = pip[0]["constraints"]
+    else:
+        assert pip[0]["requirements"][0] == "-c" and pip[0]["requirements"][2:] == ["h5py-not-installed>=3.6"]
+        constraints = pip[0]["requirements"][1]
+    pins = Path(constraints).read_text().splitlines()
+    assert f"numpy=={real('numpy')}" in pins and f"pydicom=={real('pydicom')}" in pins
+
+
+# --- saving, exporting, batch -------------------------------------------------------------------------------
+
+
+def test_save_nrrd_findings_csv_and_dicom_export(recon, tmp_path):
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, lateral = _samples(fake)
+    results = logic.process(pa, lateral, device="cpu", showResult=False)
+    selftest.addStandInClassifierOutputs(results.prediction)
+
+    nrrd = logic.saveSyntheticCT(results, str(tmp_path / "ct.nrrd"))
+    saved, expected = sitk.ReadImage(nrrd), results.prediction.image()
+    np.testing.assert_allclose(saved.GetOrigin(), expected.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(saved.GetDirection(), expected.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(expected))
+
+    with open(logic.saveFindingsCSV(results, str(tmp_path / "findings.csv")), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["output"] for row in rows] == [f["output"] for f in results.prediction.findings]
+    assert float(rows[1]["probability"]) == results.prediction.findings[1]["probability"]
+
+    folder = Path(logic.exportToDicomDatabase(results))
+    (imported, copied), = fake.dicomDatabase.imported
+    assert imported == str(folder / "dicom") and copied
+    import pydicom
+
+    first = pydicom.dcmread(sorted((folder / "dicom").iterdir())[0], stop_before_pixels=True)
+    assert first.SeriesDescription.startswith("SYNTHETIC") and first.get("SyntheticData") == "YES"
+    fake.dicomDatabase.isOpen = False
+    with pytest.raises(module.X2CTReconLib.DependencyError, match="DICOM database is not open"):
+        logic.exportToDicomDatabase(results)
+
+
+def _install_torch_extension(monkeypatch):
+    fake = types.ModuleType("PyTorchUtils")
+    fake.PyTorchUtilsLogic = type("PyTorchUtilsLogic", (), {"torchInstalled": lambda self: True})
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
+
+
+def test_batch_script_writes_what_x2ct_predict_writes(recon, tmp_path, monkeypatch, capsys):
+    module, fake = recon
+    _install_torch_extension(monkeypatch)
+    import x2ct_batch
+    from X2CTReconLib import selftest
+
+    from x2ct.pipeline import predict_to_folder
+
+    pa, lateral = selftest.sampleRadiographPaths()
+    out = tmp_path / "batch"
+    assert x2ct_batch.run(["--pa", str(pa), "--lateral", str(lateral), "-o", str(out), "--device", "cpu"]) == 0
+    reference = predict_to_folder(tmp_path / "cli", pa, lateral, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["name"] == reference.model.name and summary["synthetic"].startswith("SYNTHETIC")
+    assert summary["consistency"]["score"] == reference.consistency_score
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "synthetic_ct.nrrd"))),
+                                  sitk.GetArrayFromImage(reference.image()))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_batch_script_exit_codes(recon, tmp_path, monkeypatch, capsys):
+    module, fake = recon
+    _install_torch_extension(monkeypatch)
+    import x2ct_batch
+    from X2CTReconLib import selftest
+
+    pa, _ = selftest.sampleRadiographPaths()
+    assert x2ct_batch.run(["--pa", str(tmp_path / "missing.png"), "-o", str(tmp_path / "a")]) == 2
+    assert "missing.png: file not found" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("keep me")
+    assert x2ct_batch.run(["--pa", str(pa), "-o", str(busy)]) == 2
+    assert "not empty" in capsys.readouterr().err and (busy / "notes.txt").read_text() == "keep me"
+    monkeypatch.setattr(module.X2CTReconLogic, "runPipeline", lambda *a, **k: 1 / 0)
+    assert x2ct_batch.run(["--pa", str(pa), "-o", str(tmp_path / "b"), "--device", "cpu"]) == 1
+    assert "ZeroDivisionError" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    assert x2ct_batch.run(["--pa", str(pa), "-o", str(tmp_path / "c")]) == 2
+    assert "PyTorch extension" in capsys.readouterr().err
+
+
+# --- X2CTReconLib helpers, without the stand-in --------------------------------------------------------------
+
+
+@pytest.fixture()
+def lib(monkeypatch):
+    monkeypatch.setattr(sys, "path", [str(MODULE_DIR), *sys.path])
+    for name in MODULE_NAMES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import X2CTReconLib.background
+    import X2CTReconLib.dependencies
+    import X2CTReconLib.results
+
+    yield X2CTReconLib
+    for name in MODULE_NAMES:
+        sys.modules.pop(name, None)
+
+
+def test_background_task_hands_over_progress_result_and_errors(lib):
+    import threading
+
+    release = threading.Event()
+
+    def work(progress, cancel):
+        progress(0.25, "a")
+        release.wait(5)
+        progress(0.5, "b")
+        if cancel():
+            raise RuntimeError("stopped")
+        return 42
+
+    task = lib.background.BackgroundTask(work)
+    task.start()
+    assert not task.done
+    with pytest.raises(RuntimeError, match="not finished"):
+        task.outcome()
+    release.set()
+    assert task.wait(5)
+    assert task.poll() == [(0.25, "a"), (0.5, "b")] and task.poll() == []
+    assert task.outcome() == (42, None)
+
+    release.clear()
+    task = lib.background.BackgroundTask(work)
+    task.start()
+    task.cancel()
+    release.set()
+    assert task.wait(5) and task.cancelRequested
+    result, error = task.outcome()
+    assert result is None and str(error) == "stopped"
+
+
+def test_findings_rows_csv_and_consistency_text(lib):
+    results = lib.results
+    finding = {"label": "TB present", "output": "tb_present", "probability": 0.123456, "threshold": 0.5,
+               "call": "negative", "inputs": ["ct", "pa"], "notes": []}
+    row = results.findingsRows([finding])[0]
+    column = {name: index for index, name in enumerate(results.FINDINGS_COLUMNS)}
+    assert row[column["probability"]] == "0.1235" and row[column["inputs"]] == '["ct", "pa"]'
+    assert row[column["model"]] == ""  # missing keys leave the cell empty
+    parsed = list(csv.DictReader(results.findingsCsvText([finding]).splitlines()))
+    assert float(parsed[0]["probability"]) == 0.123456 and parsed[0]["label"] == "TB present"
+    text = results.consistencyText({"PA": {"ncc": 0.91234, "ssim": 0.5}, "LATERAL": {"ncc": 0.8, "ssim": 0.7}}, 0.856)
+    assert text.splitlines() == [
+        "PA: NCC 0.912, SSIM 0.500",
+        "LATERAL: NCC 0.800, SSIM 0.700",
+        "mean NCC 0.856 (agreement of the CT's re-projection with the input; not accuracy)",
+    ]
+
+
+def test_radiograph_orientation_detects_reversed_rows_and_columns(lib):
+    results = lib.results
+    rng = np.random.default_rng(3)
+    pixels = rng.random((40, 30)).astype(np.float32)
+    assert results.radiographOrientation(pixels * 100 + 7, pixels) == "as stored"
+    assert results.radiographOrientation(1 - pixels, pixels) == "as stored"  # inverted (MONOCHROME1) still matches
+    assert results.radiographOrientation(pixels[::-1], pixels) == "rows reversed"
+    assert results.radiographOrientation(pixels[:, ::-1], pixels) == "columns reversed"
+    flat = np.ones((40, 30), np.float32)
+    assert results.radiographOrientation(flat, flat) == "as stored"  # no evidence: keep the stored order
+    heat = np.zeros((40, 30), np.float32)
+    heat[2, 3] = 1
+    voxels = results.radiographHeatMapVoxels(heat, pixels[:, ::-1], pixels)
+    assert voxels.shape == (1, 40, 30) and voxels[0, 2, 30 - 1 - 3] == 1
+
+
+def test_model_cards_become_tooltips(lib, tmp_path):
+    from x2ct.models.checkpoints import bundled_model_names, models_dir
+
+    names = bundled_model_names()
+    assert names
+    tip = lib.results.modelCardTooltip(models_dir(), names[0])
+    assert names[0] in tip and "SYNTHETIC" in tip and "**" not in tip
+    assert "no model card" in lib.results.modelCardTooltip(tmp_path, "missing")
+    (tmp_path / "long").mkdir()
+    (tmp_path / "long" / "MODEL_CARD.md").write_text("x" * 5000)
+    assert len(lib.results.modelCardTooltip(tmp_path, "long", maxCharacters=100)) <= 102
+
+
+def test_requirement_checks_never_upgrade_present_packages(lib):
+    dependencies = lib.dependencies
+    versions = {"numpy": "1.21.0", "pydicom": "2.4.4", "Pillow": "11.0"}
+    missing, notes = dependencies.checkRequirements(
+        ["numpy>=1.22", "pydicom>=2.4,<4", "Pillow>=10.1", "scikit-image>=0.19"], versions.get
+    )
+    assert missing == ["scikit-image>=0.19"]
+    assert notes == ["numpy 1.21.0 is older than 1.22 but is kept (it ships with Slicer)"]
+    assert dependencies.requirementName("scikit_image>=0.19") == "scikit-image"
+    assert dependencies.requirementName("Pillow>=10", normalize=False) == "Pillow"
+    assert dependencies.constraintsText({"b": "2", "a": "1.0"}) == "a==1.0\nb==2\n"
+    assert dependencies.pipInstallCall((5, 10), ["x>=1"], "/c.txt", "me") == ([["-c", "/c.txt", "x>=1"]], {})
+    assert dependencies.pipInstallCall((5, 12), ["x>=1"], "/c.txt", "me") == (
+        [["x>=1"]], {"constraints": "/c.txt", "requester": "me"})

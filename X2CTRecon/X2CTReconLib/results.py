@@ -1,0 +1,135 @@
+"""Turning an ``x2ct`` prediction into what the panel shows (no Slicer imports here).
+
+* findings (``Prediction.findings`` records) -> table columns and rows, and a CSV file;
+* re-projection consistency scores -> a few lines of text;
+* a Grad-CAM map computed on the radiograph pixels as ``x2ct`` read them -> the same map in the voxel
+  order of the radiograph's volume node, so that it can be placed with that node's own IJK->RAS;
+* a bundled model's card -> a tooltip.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+FINDINGS_COLUMNS = (
+    "label", "probability", "threshold", "call", "output", "task", "inputs", "model", "ct_source", "notes",
+    "weights_sha256",
+)
+"""Columns of the findings table and CSV, in order (keys of a ``Prediction.findings`` record; see
+x2ct.findings: one record per classifier output; a missing key leaves the cell empty)."""
+
+RADIOGRAPH_ORIENTATIONS = ("as stored", "rows reversed", "columns reversed")
+"""Pixel orders a loader might give a radiograph's volume node relative to the file (and to x2ct)."""
+
+
+def _cellText(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def findingsRows(findings: Sequence[Mapping[str, Any]]) -> List[List[str]]:
+    """One row of cell texts per finding, in :data:`FINDINGS_COLUMNS` order (probabilities to 4 digits)."""
+    return [[_cellText(finding.get(column)) for column in FINDINGS_COLUMNS] for finding in findings]
+
+
+def findingsCsvText(findings: Sequence[Mapping[str, Any]]) -> str:
+    """The findings as CSV text with a header row; probabilities and thresholds at full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(FINDINGS_COLUMNS)
+    for finding in findings:
+        row = []
+        for column in FINDINGS_COLUMNS:
+            value = finding.get(column)
+            row.append(repr(value) if isinstance(value, float) else _cellText(value))
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def writeFindingsCsv(findings: Sequence[Mapping[str, Any]], path: str) -> Path:
+    """Write :func:`findingsCsvText` to ``path`` atomically (x2ct.atomic); returns the path."""
+    from x2ct.atomic import write_text_atomic
+
+    target = Path(path)
+    write_text_atomic(target, findingsCsvText(findings))
+    return target
+
+
+def consistencyText(consistency: Mapping[str, Mapping[str, float]], score: Optional[float]) -> str:
+    """Lines like ``PA: NCC 0.912, SSIM 0.801`` per view, then the mean NCC (the pipeline's score)."""
+    lines = [
+        f"{view}: NCC {values.get('ncc', float('nan')):.3f}, SSIM {values.get('ssim', float('nan')):.3f}"
+        for view, values in consistency.items()
+    ]
+    if score is not None:
+        lines.append(f"mean NCC {score:.3f} (agreement of the CT's re-projection with the input; not accuracy)")
+    return "\n".join(lines)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    denominator = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / denominator if denominator > 0 else 0.0
+
+
+def _oriented(image: np.ndarray, orientation: str) -> np.ndarray:
+    if orientation == "rows reversed":
+        return image[::-1, :]
+    if orientation == "columns reversed":
+        return image[:, ::-1]
+    return image
+
+
+def radiographOrientation(nodePixels: np.ndarray, x2ctPixels: np.ndarray, margin: float = 0.05) -> str:
+    """Which of :data:`RADIOGRAPH_ORIENTATIONS` turns ``x2ctPixels`` into ``nodePixels``.
+
+    Both are (rows, columns) images of the same radiograph: as ``x2ct.io.read_radiograph`` read the
+    file (rows as stored) and as the volume node holds it (``arrayFromVolume(node)[0]``). Slicer's
+    file readers keep the stored order, so "as stored" is expected; another order is chosen only
+    when its absolute correlation beats "as stored" by more than ``margin`` (absolute, because x2ct
+    inverts MONOCHROME1 images and Slicer shows them as stored). Raises ValueError when the shapes
+    differ (then the node is not the radiograph x2ct read).
+    """
+    if nodePixels.shape != x2ctPixels.shape:
+        raise ValueError(f"volume holds {nodePixels.shape} pixels but the radiograph read has {x2ctPixels.shape}")
+    scores = {o: abs(_pearson(nodePixels, _oriented(x2ctPixels, o))) for o in RADIOGRAPH_ORIENTATIONS}
+    best = max(scores, key=scores.get)
+    return best if scores[best] > scores["as stored"] + margin else "as stored"
+
+
+def radiographHeatMapVoxels(heatMap: np.ndarray, nodePixels: np.ndarray, x2ctPixels: np.ndarray) -> np.ndarray:
+    """A Grad-CAM map on x2ct's radiograph pixels, reordered like the node's voxels, as a (1, rows, cols) volume."""
+    if heatMap.shape != x2ctPixels.shape:
+        raise ValueError(f"heat map {heatMap.shape} does not match the radiograph's pixels {x2ctPixels.shape}")
+    orientation = radiographOrientation(nodePixels, x2ctPixels)
+    return np.ascontiguousarray(_oriented(np.asarray(heatMap, dtype=np.float32), orientation))[None]
+
+
+def modelCardTooltip(modelsFolder: Path, name: str, maxCharacters: int = 1500) -> str:
+    """The first part of ``<modelsFolder>/<name>/MODEL_CARD.md`` as plain text, for a tooltip."""
+    card = Path(modelsFolder) / name / "MODEL_CARD.md"
+    if not card.is_file():
+        return f"{name}: no model card found"
+    text = card.read_text(encoding="utf-8").replace("**", "").replace("`", "")
+    return text if len(text) <= maxCharacters else text[:maxCharacters].rstrip() + " …"
+
+
+def splitHeatMaps(cams: Mapping[str, Mapping[str, np.ndarray]]) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict]]:
+    """(CT maps by finding output, radiograph maps by view then output) from ``Prediction.cams``."""
+    ct = dict(cams.get("ct", {}))
+    radiographs = {view: dict(maps) for view, maps in cams.items() if view != "ct"}
+    return ct, radiographs

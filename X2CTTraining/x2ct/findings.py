@@ -1,0 +1,256 @@
+"""Disease findings for one prediction: classifier calls and Grad-CAM maps, placed on the outputs' grids.
+
+:func:`x2ct.pipeline.predict` calls :func:`run_classifiers` after the generator when classifiers are
+given (``x2ct predict`` and ``x2ct demo`` use the bundled ones, :func:`bundled_classifier_names`).
+
+Inputs each classifier gets, exactly as in its training (contract in docs/classifiers.md):
+
+* ``pa`` / ``lateral``: the generator's preprocessed input of that view (field of view, size,
+  per-image min-max, 8-bit quantisation; :func:`x2ct.pipeline.preprocess`), resized bilinearly to the
+  classifier's input size when that differs;
+* ``ct``: the synthetic CT as written to ``synthetic_ct.nrrd`` (HU rounded to integers) in the unit
+  scale of :mod:`x2ct.intensity`, resampled to the classifier's grid with
+  :func:`x2ct.data.loader.ct_to_unit` (what training on ``x2ct synthesize-ct`` output used).
+
+One finding per classifier output (``findings.json``): ``task``, ``output`` (label column),
+``label`` (words), ``probability`` (sigmoid of the logit), ``threshold`` (frozen Youden point from
+the classifier's validation split), ``call`` ("positive" when probability >= threshold),
+``model``, ``weights_sha256``, ``inputs`` (which of X-ray / synthetic CT it used), ``ct_source``
+(the generator whose CTs it was trained on) and ``notes`` (e.g. a generator mismatch, or "applies
+only when TB is present").
+
+Grad-CAM maps (``cams[input][output]``, values in [0, 1]): ``ct`` maps are (D, H, W) on the
+synthetic CT's canonical grid (trilinear resampling when the classifier's grid differs); ``pa`` /
+``lateral`` maps are mapped back from the model-input frame to the radiograph's own pixels (the
+inverse of preprocessing's crop/pad and resize; zero outside the window the model saw), so they
+overlay the radiograph as read, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classify.checkpoint import METADATA, load_classifier, thresholds_of
+from .classify.tasks import get_task
+from .data.loader import ct_to_unit
+from .errors import InputError, PathLike
+from .gradcam import grad_cam
+from .intensity import HU_OFFSET
+from .models.classifiers import ClassifierNet
+from .resources import resources_dir
+from .views import LATERAL, PA
+
+if TYPE_CHECKING:
+    from .pipeline import Prediction, PreparedView
+
+CLASSIFIERS_FOLDER = "Classifiers"
+"""Folder of ``Resources`` that holds the bundled classifiers (one sub-folder per model)."""
+
+INPUT_WORDS = {"pa": "PA radiograph", "lateral": "lateral radiograph", "ct": "synthetic CT"}
+
+OUTPUT_WORDS = {
+    "tb_present": "Tuberculosis present",
+    "tb_granuloma": "TB type: granuloma",
+    "tb_cavitation": "TB type: cavitation",
+    "tb_calcification": "TB type: calcification",
+    "tb_active": "Active TB (vs sequelae)",
+    "pe_present": "Pulmonary embolism present",
+}
+"""Words for each label column (findings table, report)."""
+
+_VIEW_OF_INPUT = {"pa": PA, "lateral": LATERAL}
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready to run: ``net`` in eval mode, its verified ``metadata`` and display ``name``."""
+
+    name: str
+    net: ClassifierNet
+    metadata: Dict[str, Any]
+
+    @property
+    def outputs(self) -> Tuple[str, ...]:
+        return tuple(self.metadata["outputs"])
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        return tuple(self.net.inputs)
+
+    @property
+    def ct_source(self) -> Optional[str]:
+        """What the classifier's CT input was in training: the generator's name for synthetic CTs
+        (``x2ct synthesize-ct``), ``"real"`` for the data set's CTs, None without a CT input."""
+        source = (self.metadata.get("training_data") or {}).get("ct_source") or {}
+        if source.get("kind") == "real":
+            return "real"
+        return (source.get("generator") or {}).get("model")
+
+
+def classifiers_dir() -> Path:
+    """``Resources/Classifiers``."""
+    return resources_dir() / CLASSIFIERS_FOLDER
+
+
+def bundled_classifier_names() -> List[str]:
+    """Names of the bundled classifiers (folders of ``Resources/Classifiers`` holding a ``model.json``)."""
+    try:
+        root = classifiers_dir()
+    except FileNotFoundError:
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / METADATA).is_file()) if root.is_dir() else []
+
+
+def load_classifiers(
+    names: Optional[Sequence[PathLike]] = None, device: Union[str, torch.device] = "cpu"
+) -> List[LoadedClassifier]:
+    """Load classifiers by bundled name or path (folder, ``model.json`` or training run); ``None``: all bundled."""
+    chosen = bundled_classifier_names() if names is None else list(names)
+    loaded = []
+    for item in chosen:
+        bundled = classifiers_dir() / str(item) if str(item) in bundled_classifier_names() else None
+        path = bundled if bundled is not None else Path(item)
+        if bundled is None and not path.exists():
+            known = ", ".join(bundled_classifier_names()) or "none"
+            raise InputError(path, f"no such classifier (bundled ones: {known})")
+        net, metadata = load_classifier(path, device)
+        loaded.append(LoadedClassifier(name=path.name if bundled is None else str(item), net=net, metadata=metadata))
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and map placement
+
+
+def _resize_2d(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (no anti-aliasing, for upsampling maps and same-scale inputs) of a 2D float array."""
+    if image.shape == tuple(shape):
+        return image.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def classifier_batch(
+    prediction: Prediction, classifier: LoadedClassifier, device: torch.device
+) -> Dict[str, torch.Tensor]:
+    """The batch of one case for ``classifier`` from ``prediction`` (module doc); InputError for a missing view."""
+    sizes = classifier.metadata.get("input_sizes", {})
+    batch: Dict[str, torch.Tensor] = {}
+    for key in classifier.inputs:
+        if key == "ct":
+            hu = np.clip(np.rint(prediction.volume_hu), -32768, 32767).astype(np.float32)
+            unit = ct_to_unit(hu + np.float32(HU_OFFSET), int(sizes.get("ct", hu.shape[0])))
+            batch["ct"] = torch.from_numpy(unit)[None, None]
+            continue
+        view = _VIEW_OF_INPUT[key]
+        if view not in prediction.views:
+            raise InputError(None, f"classifier {classifier.name} needs a {INPUT_WORDS[key]}, which this case lacks")
+        model_input = prediction.views[view].model_input
+        size = int(sizes.get(key, model_input.shape[0]))
+        batch[key] = torch.from_numpy(_resize_2d(model_input, (size, size)))[None, None]
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def to_radiograph_frame(cam: np.ndarray, prepared: PreparedView) -> np.ndarray:
+    """A map on the model-input square of ``prepared`` -> the radiograph's own pixel grid (rows, cols).
+
+    Inverts preprocessing's geometry: the square covered ``window_px`` (top, left, rows, cols) of the
+    radiograph (negative offsets = zero padding). The map is resized to that window and pasted; the
+    parts of the radiograph outside the window get 0.
+    """
+    box = prepared.record["window_px"]
+    window = _resize_2d(cam, (int(box["rows"]), int(box["cols"])))
+    rows, cols = np.asarray(prepared.radiograph.pixels).shape
+    out = np.zeros((rows, cols), dtype=np.float32)
+    top, left = int(box["top"]), int(box["left"])
+    r0, r1 = max(top, 0), min(top + window.shape[0], rows)
+    c0, c1 = max(left, 0), min(left + window.shape[1], cols)
+    out[r0:r1, c0:c1] = window[r0 - top : r1 - top, c0 - left : c1 - left]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _to_ct_grid(cam: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
+    if cam.shape == tuple(shape):
+        return cam.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+    return np.clip(out, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+def _notes(classifier: LoadedClassifier, prediction: Prediction, output: str) -> List[str]:
+    notes = []
+    task = get_task(str(classifier.metadata["task"]))
+    if task.only_if and task.only_if != output:
+        notes.append(f"applies only when {OUTPUT_WORDS.get(task.only_if, task.only_if)} (trained on such cases only)")
+    source = classifier.ct_source
+    if "ct" in classifier.inputs and source and source != prediction.model.name:
+        trained_on = "real CTs" if source == "real" else f"synthetic CTs of {source}"
+        notes.append(
+            f"trained on {trained_on}, applied to synthetic CTs of {prediction.model.name}: expect another calibration"
+        )
+    return notes
+
+
+def run_classifiers(
+    prediction: Prediction, classifiers: Sequence[LoadedClassifier]
+) -> Tuple[List[Dict[str, Any]], Dict[str, Dict[str, np.ndarray]]]:
+    """(findings, Grad-CAM maps) of ``classifiers`` on ``prediction`` (module doc for both formats)."""
+    findings: List[Dict[str, Any]] = []
+    cams: Dict[str, Dict[str, np.ndarray]] = {}
+    grid_shape = tuple(prediction.volume_hu.shape)
+    for classifier in classifiers:
+        device = next(classifier.net.parameters()).device
+        batch = classifier_batch(prediction, classifier, device)
+        with torch.inference_mode():
+            logits = classifier.net(batch)[0].float().cpu().numpy()
+        thresholds = thresholds_of(classifier.metadata)
+        for index, output in enumerate(classifier.outputs):
+            probability = 1.0 / (1.0 + math.exp(-float(logits[index])))
+            threshold = thresholds[output]
+            findings.append(
+                {
+                    "task": str(classifier.metadata["task"]),
+                    "output": output,
+                    "label": OUTPUT_WORDS.get(output, output),
+                    "probability": round(probability, 4),
+                    "threshold": round(threshold, 4),
+                    "call": "positive" if probability >= threshold else "negative",
+                    "model": classifier.name,
+                    "weights_sha256": classifier.metadata.get("sha256"),
+                    "inputs": [INPUT_WORDS[key] for key in classifier.inputs],
+                    "ct_source": classifier.ct_source,
+                    "notes": _notes(classifier, prediction, output),
+                }
+            )
+            for key, cam in grad_cam(classifier.net, batch, index).items():
+                if key == "ct":
+                    placed = _to_ct_grid(cam, grid_shape)  # type: ignore[arg-type]
+                else:
+                    placed = to_radiograph_frame(cam, prediction.views[_VIEW_OF_INPUT[key]])
+                cams.setdefault(key, {})[output] = placed
+    return findings, cams
+
+
+def findings_document(prediction: Prediction) -> Dict[str, Any]:
+    """The ``findings.json`` record of ``prediction`` (JSON-serialisable)."""
+    from .pipeline import SYNTHETIC_NOTE
+
+    return {
+        "synthetic": SYNTHETIC_NOTE,
+        "disclaimer": "demonstration classifiers trained on synthetic cases of one CT; not for diagnosis",
+        "generator": {"name": prediction.model.name, "weights_sha256": prediction.model.sha256},
+        "findings": prediction.findings,
+        "gradcam": {key: sorted(maps) for key, maps in prediction.cams.items()},
+    }
+

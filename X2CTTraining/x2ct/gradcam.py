@@ -1,0 +1,144 @@
+"""Grad-CAM (Selvaraju et al. 2017) for the classifiers of :mod:`x2ct.models.classifiers`, and saving the maps.
+
+:func:`grad_cam` computes, for one case and one output logit, a map per input of the network (PA,
+lateral, CT) on that input's own grid and axis order: (S, S) for a radiograph (rows S->I; PA columns
+R->L, lateral columns A->P), (D, H, W) = (S->I, A->P, R->L) for a CT. Maps are float32 in [0, 1]: the
+ReLU of the gradient-weighted sum of the layer's channels, resampled (bilinear / trilinear) to the
+input grid, divided by its maximum (an all-zero map stays zero; values are comparable within a map,
+not between maps or cases).
+
+:func:`cam_volume_image` puts a CT map in patient space (aligned with the synthetic CT);
+:func:`cam_overlay_rgb` draws a map over a grey image (a radiograph or a CT slice).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import Tensor, nn
+
+from .models.classifiers import ClassifierNet
+
+
+def _layer_cams(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: int) -> Dict[str, Tensor]:
+    """Grad-CAM on each of ``model.cam_layers`` that ran: key -> (1, *layer_spatial), ReLU'd, not normalised.
+
+    Each layer's output is replaced (by a forward hook) with a detached copy that requires grad, so
+    ``torch.autograd.grad`` gives the logit's gradient with respect to exactly those activations and
+    nothing upstream is differentiated; no parameter's ``.grad`` is touched.
+    """
+    activations: Dict[str, Tensor] = {}
+
+    def capture(key: str):
+        def hook(module: nn.Module, args: object, output: Tensor) -> Tensor:
+            leaf = output.detach().requires_grad_(True)
+            activations[key] = leaf
+            return leaf
+
+        return hook
+
+    handles = [layer.register_forward_hook(capture(key)) for key, layer in model.cam_layers.items()]
+    try:
+        logits = model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if logits.ndim != 2 or logits.shape[0] != 1:
+        raise ValueError(f"{model.arch} returned logits of shape {tuple(logits.shape)}, expected (1, K)")
+    if not 0 <= output_index < logits.shape[1]:
+        raise ValueError(f"output_index {output_index} is out of range for {logits.shape[1]} outputs")
+    keys: List[str] = list(activations)
+    grads = torch.autograd.grad(logits[0, output_index], [activations[k] for k in keys], allow_unused=True)
+    cams: Dict[str, Tensor] = {}
+    for key, grad in zip(keys, grads):
+        act = activations[key].detach()
+        if grad is None:  # the chosen logit does not depend on this layer
+            cams[key] = torch.zeros_like(act[:, 0])
+            continue
+        weights = grad.flatten(2).mean(2)  # (1, C): spatially averaged gradients
+        weighted = (weights.reshape(*weights.shape, *([1] * (act.ndim - 2))) * act).sum(1)
+        cams[key] = torch.relu(weighted)
+    return cams
+
+
+def grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: int) -> Dict[str, np.ndarray]:
+    """Grad-CAM maps of logit ``output_index`` for ONE case (N = 1): input key -> float32 map in [0, 1].
+
+    ``batch`` is a classifier batch (see :mod:`x2ct.models.classifiers`) with tensors on the model's
+    device (CPU or CUDA). The result has one map per key of ``model.cam_layers`` whose input is in the
+    batch (a HeMIS model run without a lateral gives no "lateral" map), plus the maps a network derives
+    from those (concatenation models: "pa" from the CT map). Shapes: (S, S) for "pa" / "lateral",
+    (D, H, W) for "ct", in the input's axis order. Two-slice models only see the central coronal slices,
+    so their "ct" map is one (D, W) map repeated along H.
+
+    The model runs in eval mode (dropout off, batch-norm running statistics). Afterwards every
+    module's training flag is what it was, no hook is left registered, no ``requires_grad`` flag and no
+    parameter ``.grad`` is changed. Works under a caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()`` (gradients are switched on locally).
+    """
+    if isinstance(output_index, bool) or not isinstance(output_index, int):
+        raise ValueError(f"output_index must be an int, got {output_index!r}")
+    sizes = {key: value.shape[0] for key, value in batch.items() if value is not None}
+    if any(n != 1 for n in sizes.values()):
+        raise ValueError(f"grad_cam takes a batch of one case, got batch sizes {sizes}")
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            # clone: tensors created under inference mode cannot take part in autograd
+            own = {key: value.clone() for key, value in batch.items() if value is not None}
+            cams = model.cam_maps(_layer_cams(model, own, output_index), own)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    result: Dict[str, np.ndarray] = {}
+    for key, cam in cams.items():
+        cam = cam[0].detach().float()
+        peak = cam.max()
+        if peak > 0:
+            cam = cam / peak
+        result[key] = cam.clamp(0, 1).cpu().numpy().astype(np.float32)
+    return result
+
+
+def cam_volume_image(cam: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A (D, H, W) map as a float32 SimpleITK image with the origin, spacing (mm) and direction of ``reference``.
+
+    ``reference`` is the volume the map was computed on (e.g. the synthetic CT on the canonical grid),
+    whose array (``sitk.GetArrayFromImage``) is (D, H, W); the map must have that shape.
+    """
+    expected = tuple(reversed(reference.GetSize()))
+    if cam.shape != expected:
+        raise ValueError(f"CAM shape {cam.shape} does not match the reference volume's array shape {expected}")
+    image = sitk.GetImageFromArray(np.asarray(cam, dtype=np.float32))
+    image.CopyInformation(reference)
+    return image
+
+
+def _heat_colours(values: np.ndarray) -> np.ndarray:
+    """The classic "jet" colour map, (...) in [0, 1] -> (..., 3) RGB in [0, 1]: dark blue, cyan, yellow, dark red."""
+    scaled = 4.0 * values[..., None]
+    centres = np.array([3.0, 2.0, 1.0])  # red, green, blue ramps
+    return np.clip(1.5 - np.abs(scaled - centres), 0.0, 1.0)
+
+
+def cam_overlay_rgb(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A heat map over a grey image: (H, W) grey in [0, 1] and (H, W) CAM in [0, 1] -> (H, W, 3) uint8.
+
+    Each pixel is ``(1 - alpha·c)·grey + alpha·c·jet(c)`` with c the CAM value, so the colour's weight
+    grows with the CAM and a pixel with c = 0 keeps its grey value. Inputs are clipped to [0, 1].
+    """
+    gray = np.asarray(gray, dtype=np.float64)
+    cam = np.asarray(cam, dtype=np.float64)
+    if gray.ndim != 2 or gray.shape != cam.shape:
+        raise ValueError(f"grey image {gray.shape} and CAM {cam.shape} must be 2D arrays of the same shape")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    gray = np.clip(gray, 0.0, 1.0)[..., None]
+    cam = np.clip(cam, 0.0, 1.0)
+    weight = alpha * cam[..., None]
+    rgb = (1.0 - weight) * gray + weight * _heat_colours(cam)
+    return np.round(rgb * 255.0).astype(np.uint8)

@@ -1,0 +1,734 @@
+"""Disease classifiers on radiographs, CT (real or synthetic) and both; the registry that builds them.
+
+Every network is a :class:`ClassifierNet`: ``forward(batch)`` takes a dict of float32 tensors and
+returns logits (N, K) (apply a sigmoid for probabilities; the tasks are multi-label). Batch keys:
+
+* ``"pa"``: (N, 1, S, S) PA radiograph in [0, 1]; rows superior->inferior, columns patient right->left.
+* ``"lateral"``: (N, 1, S, S) lateral radiograph in [0, 1]; rows superior->inferior, columns
+  anterior->posterior.
+* ``"ct"``: (N, 1, D, H, W) CT in the unit scale of :mod:`x2ct.intensity` ((HU + 1024) / 2500 clipped to
+  [0, 1]), canonical axes of :mod:`x2ct.geometry`: (D, H, W) = (S->I, A->P, R->L).
+
+So a PA image is a (D, W) picture and a coronal CT slice (fixed H) is the same frame.
+
+Every network also carries ``arch`` (its registry name), ``inputs`` (the batch keys it reads),
+``optional_inputs`` (those it can do without), ``num_outputs`` and ``options`` (its constructor
+options), and ``cam_layers``: input key -> the layer whose activations are spatially aligned with that
+input, for :func:`x2ct.gradcam.grad_cam`. :meth:`ClassifierNet.cam_maps` maps class-activation maps on
+those layers' grids back onto the inputs' grids.
+
+Architectures (registry name, inputs):
+
+* ``densenet2d`` (pa): DenseNet-121 on the PA (MONAI's ``DenseNet121``, ``spatial_dims=2``).
+* ``hemis-densenet2d`` (pa, lateral optional): HeMIS fusion of two per-view DenseNets (Havaei et al.
+  2016; the seed's "HeMIS model with DenseNet-PA architecture").
+* ``cnn3d`` (ct): the 3D CNN of Zunair et al. 2020 that the seed uses for CT.
+* ``cnn3d-2slice`` (ct): the same CNN on the two central coronal slices only (the seed's "2-slice CT").
+* ``densenet3d`` (ct): DenseNet-121 3D (MONAI, ``spatial_dims=3``).
+* ``concat-cnn3d`` (pa, ct): the PA repeated along A->P as a second CT channel (the seed's "X-ray and
+  CT concatenated").
+* ``concat-cnn3d-2slice`` (pa, ct): the PA stacked with the two central coronal slices.
+* ``late-fusion`` (pa, ct): a DenseNet branch on the PA and a Zunair branch on the CT, pooled features
+  concatenated, then one linear layer.
+
+Build them with :func:`build_classifier`; :func:`classifier_config` gives the JSON-able arguments that
+rebuild a network (``build_classifier(**classifier_config(net))``). Small ``width`` /
+``init_features`` / ``growth_rate`` / ``block_config`` values give networks that train in seconds on a
+CPU (tests, demo models). MONAI is imported only when a DenseNet is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Batch = Mapping[str, Tensor]
+"""A classifier batch: input key -> float32 tensor (see the module docstring)."""
+
+DENSENET121_BLOCKS = (6, 12, 24, 16)
+"""Dense layers per block of DenseNet-121."""
+ZUNAIR_CHANNELS = (64, 64, 128, 256)
+"""Output channels of the four conv blocks of Zunair et al.'s 3D CNN (at ``width`` 1)."""
+ZUNAIR_HIDDEN = 512
+"""Width of the hidden fully connected layer of Zunair et al.'s 3D CNN (at ``width`` 1)."""
+ZUNAIR_CAM_BLOCK = 1
+"""Index of the Zunair conv block used for Grad-CAM: the second block, at 1/4 of the input grid."""
+
+
+def _scaled(channels: int, width: float) -> int:
+    """A channel count times ``width``, rounded, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def _take(batch: Batch, key: str, ndim: int, arch: str) -> Tensor:
+    """``batch[key]`` checked to be (N, C, *spatial) with ``ndim`` spatial axes."""
+    if key not in batch or batch[key] is None:
+        raise ValueError(f"{arch} needs the batch key {key!r}; got keys {sorted(batch)}")
+    x = batch[key]
+    if x.ndim != ndim + 2:
+        raise ValueError(f"{arch}: batch[{key!r}] must have {ndim + 2} dimensions (N, C, ...), got {tuple(x.shape)}")
+    return x
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """(N, C, *spatial) resampled to ``size`` (bilinear / trilinear, half-pixel centres); unchanged if equal."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+def resample_map(cam: Tensor, size: Sequence[int], shift: float = 0.0) -> Tensor:
+    """A map on a layer's grid (N, *grid) resampled (bilinear / trilinear) onto the input grid ``size``.
+
+    Along an axis where the layer is s = size / grid times coarser, cell u is centred on input position
+    ``s·u + (s - 1)/2 + shift`` (shift 0 is the usual half-pixel convention of ``align_corners=False``:
+    each cell centred on the block of s input pixels it pooled); beyond the first and last cell centres
+    the edge value is kept.
+    """
+    coords = []
+    for n_in, n_out in zip(cam.shape[1:], size):
+        s = n_out / n_in
+        u = (torch.arange(n_out, dtype=cam.dtype, device=cam.device) - (s - 1) / 2 - shift) / s
+        coords.append(2 * u / (n_in - 1) - 1 if n_in > 1 else torch.zeros_like(u))
+    grid = torch.stack(torch.meshgrid(*coords, indexing="ij")[::-1], dim=-1)  # grid_sample wants (x, y[, z])
+    grid = grid.unsqueeze(0).expand(cam.shape[0], *grid.shape)
+    return F.grid_sample(cam.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+
+
+def central_coronal_slab(ct: Tensor) -> Tensor:
+    """The two central coronal slices of a CT as a depth-2 volume.
+
+    ``ct`` (N, C, D, H, W) -> (N, C, 2, D, W): slices ``H//2 - 1`` and ``H//2`` along the A->P axis,
+    each a (D, W) = (S->I rows, R->L columns) image, i.e. the PA frame.
+    """
+    h = ct.shape[3]
+    if h < 2:
+        raise ValueError(f"the CT needs at least 2 voxels along A->P for two central slices, got {h}")
+    return ct[:, :, :, h // 2 - 1 : h // 2 + 1, :].permute(0, 1, 3, 2, 4)
+
+
+class HalvingMaxPool3d(nn.Module):
+    """Max-pooling that halves every spatial axis longer than one voxel and leaves length-1 axes alone.
+
+    Kernel and stride are 2 along an axis of length >= 2 and 1 along an axis of length 1; odd lengths
+    round up (``ceil_mode``), so no voxel is dropped. On a full CT this is plain 2³ max-pooling. It is
+    what lets the depth-2 (or depth-3) slab of the two-slice variants pass the four blocks of the Zunair
+    CNN: depth 2 -> 1 -> 1 -> 1 -> 1 (3 -> 2 -> 1 -> 1 -> 1), while rows and columns keep halving.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel = tuple(2 if n > 1 else 1 for n in x.shape[2:])
+        return F.max_pool3d(x, kernel_size=kernel, stride=kernel, ceil_mode=True)
+
+
+class ZunairBlock(nn.Sequential):
+    """3³ convolution (padding 1) -> ReLU -> :class:`HalvingMaxPool3d` -> batch norm (Zunair et al.'s order).
+
+    The padding keeps the grid centred on the input's, so activations stay aligned with it (the
+    original Keras model uses unpadded convolutions, which crop one voxel per side at every block).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            HalvingMaxPool3d(),
+            nn.BatchNorm3d(out_channels),
+        )
+
+
+class ZunairTrunk(nn.Module):
+    """The four conv blocks of Zunair et al. 2020 (64, 64, 128, 256 channels times ``width``).
+
+    (N, in_channels, D, H, W) -> (N, ``out_channels``, D/16, H/16, W/16) (length-1 axes stay 1).
+
+    ``cam_layer`` is the second block, at 1/4 of the input grid (16³ cells of 4 voxels on a 64³ CT,
+    32³ on 128³), receptive field about 10 voxels. The last block (1/16: 4 voxels per side on 64³, a
+    16-voxel = 80 mm cell) cannot say where a 5-20 mm lesion is: Grad-CAM's peak sits at a cell centre,
+    so a coarse grid puts it up to half a cell away. The second block is the deepest whose cells are
+    about lesion-sized, and its Grad-CAM still weighs the channels by the gradient of the whole head, so
+    it stays class-specific.
+    """
+
+    def __init__(self, in_channels: int, width: float) -> None:
+        super().__init__()
+        channels = [_scaled(c, width) for c in ZUNAIR_CHANNELS]
+        self.blocks = nn.Sequential(
+            *(ZunairBlock(c_in, c_out) for c_in, c_out in zip([in_channels, *channels[:-1]], channels))
+        )
+        self.out_channels = channels[-1]
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.blocks[ZUNAIR_CAM_BLOCK][2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x)
+
+
+class ZunairHead(nn.Module):
+    """Global average pooling -> FC 512·width -> ReLU -> dropout -> FC K (Zunair et al.)."""
+
+    def __init__(self, in_channels: int, num_outputs: int, width: float, dropout: float) -> None:
+        super().__init__()
+        hidden = _scaled(ZUNAIR_HIDDEN, width)
+        self.fc = nn.Linear(in_channels, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_outputs)
+
+    def forward(self, features: Tensor) -> Tensor:
+        pooled = features.flatten(2).mean(2)
+        return self.out(self.dropout(F.relu(self.fc(pooled))))
+
+
+class DenseNetEncoder(nn.Module):
+    """MONAI ``DenseNet121``'s feature extractor (stem, dense blocks, transitions, final norm) + ReLU.
+
+    (N, in_channels, *spatial) -> (N, ``out_channels``, *spatial / (4·2^(B-1))), B = len(block_config)
+    (1/32 for DenseNet-121). MONAI's classification layers are not used; the heads here add dropout and
+    fusion.
+
+    ``cam_layer`` is the 1x1 convolution of the last transition, just before its pooling: the map that
+    enters the last dense block, at 1/16 of the input for DenseNet-121 (8x8 for a 128² radiograph,
+    4³ for a 64³ CT) instead of the final 1/32 (4x4, 2³), after all but the last dense block. With a
+    single block there is no transition and the final ReLU'd features are used.
+
+    Grid: the stem's 7-wide stride-2 convolution (padding 3) centres output j on input 2j and its
+    3-wide stride-2 max-pool (padding 1) centres cell k on input 4k; each transition's 2x2 average
+    keeps that, so a cell of a 1/s grid is centred on input ``s·u + s/2 - 2``: :data:`CAM_SHIFT` = -1.5
+    pixels from the half-pixel convention, on every axis and level.
+    """
+
+    CAM_SHIFT = -1.5
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, init_features: int, growth_rate: int, block_config: Tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import DenseNet121  # imported here: MONAI takes seconds to import
+
+        net = DenseNet121(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=1,
+            init_features=init_features,
+            growth_rate=growth_rate,
+            block_config=block_config,
+        )
+        self.features = net.features
+        self.relu = nn.ReLU()
+        self.out_channels: int = net.class_layers.out.in_features
+        self.spatial_dims = spatial_dims
+        self.num_blocks = len(block_config)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest input edge (pixels / voxels): the stem quarters it (rounding up), then B-1 transitions halve it."""
+        return 4 * (2 ** (self.num_blocks - 1) - 1) + 1
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        if self.num_blocks == 1:
+            return self.relu
+        return getattr(self.features, f"transition{self.num_blocks - 1}").conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        if min(x.shape[2:]) < self.min_size:
+            raise ValueError(
+                f"a DenseNet with {self.num_blocks} blocks needs inputs of at least {self.min_size} "
+                f"pixels per axis, got {tuple(x.shape[2:])}"
+            )
+        return self.relu(self.features(x))
+
+
+class LinearHead(nn.Module):
+    """Dropout -> Linear, on a pooled feature vector (N, C) -> (N, K)."""
+
+    def __init__(self, in_features: int, num_outputs: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(in_features, num_outputs)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.out(self.dropout(pooled))
+
+
+def _global_pool(features: Tensor) -> Tensor:
+    """(N, C, *spatial) -> (N, C) spatial mean."""
+    return features.flatten(2).mean(2)
+
+
+class ClassifierNet(nn.Module):
+    """Base of every classifier: registry name, inputs, options and Grad-CAM geometry."""
+
+    arch: str = ""
+    inputs: Tuple[str, ...] = ()
+    optional_inputs: Tuple[str, ...] = ()
+
+    def __init__(self, num_outputs: int, options: Dict[str, Any]) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.options = dict(options)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        """Input key -> the layer whose activations are spatially aligned with that input."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def cam_shifts(self) -> Dict[str, float]:
+        """Input key -> ``shift`` of :func:`resample_map` for that key's cam layer (absent: 0)."""
+        return {}
+
+    def cam_maps(self, layer_maps: Mapping[str, Tensor], batch: Batch) -> Dict[str, Tensor]:
+        """Class-activation maps on the ``cam_layers`` grids -> maps on the inputs' grids.
+
+        ``layer_maps[key]`` is (N, *layer_spatial); the result's ``[key]`` is (N, *input_spatial) in the
+        input's axis order. Here: :func:`resample_map` of each map onto its own input with the layer's
+        ``cam_shifts``; networks whose layers are not in their inputs' frames override this.
+        """
+        shifts = self.cam_shifts
+        return {
+            key: resample_map(cam, batch[key].shape[2:], shifts.get(key, 0.0))
+            for key, cam in layer_maps.items()
+            if key in batch and batch[key] is not None
+        }
+
+
+class DenseNet2d(ClassifierNet):
+    """``densenet2d``: DenseNet-121 on the PA radiograph.
+
+    ``batch["pa"]`` (N, 1, S, S) in [0, 1] -> logits (N, K). Head: ReLU'd final features, global average
+    pooling, dropout ``dropout``, linear. S >= 32 for four blocks (see :class:`DenseNetEncoder`).
+    """
+
+    arch = "densenet2d"
+    inputs = ("pa",)
+
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_outputs,
+            dict(init_features=init_features, growth_rate=growth_rate, block_config=block_config, dropout=dropout),
+        )
+        self.encoder = DenseNetEncoder(2, 1, init_features, growth_rate, block_config)
+        self.head = LinearHead(self.encoder.out_channels, num_outputs, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"pa": self.encoder.cam_layer}
+
+    @property
+    def cam_shifts(self) -> Dict[str, float]:
+        return {"pa": DenseNetEncoder.CAM_SHIFT}
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(_global_pool(self.encoder(_take(batch, "pa", 2, self.arch))))
+
+
+class HeMISDenseNet2d(ClassifierNet):
+    """``hemis-densenet2d``: HeMIS fusion (Havaei et al. 2016) of a PA and an optional lateral radiograph.
+
+    ``batch["pa"]`` (N, 1, S, S) and optionally ``batch["lateral"]`` (N, 1, S, S), both in [0, 1] ->
+    logits (N, K). Each view has its own DenseNet (the HeMIS "back-end" per modality); its ReLU'd
+    features are globally average-pooled to a vector; the vectors of the views present are fused by
+    their mean and their variance (population variance, so 0 with one view), concatenated (2C), then
+    dropout and a linear layer.
+
+    **Fusion level: after global pooling.** HeMIS fuses feature maps elementwise because its MRI
+    modalities are co-registered voxel by voxel. A PA and a lateral share only the row axis (S->I): a
+    PA column is a position along R->L, a lateral column a position along A->P, so the mean and
+    variance of the two maps at one pixel would mix unrelated anatomy (Hashir et al. 2020 fuse the maps
+    anyway, after the second dense block). Pooled descriptors have no position, so their moments
+    compare like with like; each view keeps its own full-resolution map for Grad-CAM; and a missing
+    lateral gives exactly (PA features, 0), the single-view input the head also sees in training.
+
+    **Missing lateral.** Without ``"lateral"`` in the batch (or ``None``) the lateral branch is not run
+    and the fusion sees the PA alone, in training and at inference. ``view_dropout`` p: in training
+    mode each case's lateral is dropped with probability p (HeMIS's random modality dropping, so the
+    head learns the single-view case); only the lateral is dropped because the PA is always present in
+    this project. Off (p = 0) by default and never applied in eval mode.
+    """
+
+    arch = "hemis-densenet2d"
+    inputs = ("pa", "lateral")
+    optional_inputs = ("lateral",)
+
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
+        dropout: float = 0.0,
+        view_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_outputs,
+            dict(
+                init_features=init_features,
+                growth_rate=growth_rate,
+                block_config=block_config,
+                dropout=dropout,
+                view_dropout=view_dropout,
+            ),
+        )
+        self.view_dropout = view_dropout
+        self.encoders = nn.ModuleDict(
+            {view: DenseNetEncoder(2, 1, init_features, growth_rate, block_config) for view in ("pa", "lateral")}
+        )
+        self.head = LinearHead(2 * self.encoders["pa"].out_channels, num_outputs, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {view: encoder.cam_layer for view, encoder in self.encoders.items()}
+
+    @property
+    def cam_shifts(self) -> Dict[str, float]:
+        return {view: DenseNetEncoder.CAM_SHIFT for view in self.encoders}
+
+    def fuse(self, pa: Tensor, lateral: Optional[Tensor], lateral_present: Optional[Tensor]) -> Tensor:
+        """HeMIS abstraction layer: [mean, variance] over the views present, (N, C) each -> (N, 2C).
+
+        ``lateral_present`` (N,) in {0, 1} says per case whether ``lateral`` counts (all cases when None).
+        """
+        if lateral is None:
+            return torch.cat([pa, torch.zeros_like(pa)], dim=1)
+        m = torch.ones_like(pa[:, :1]) if lateral_present is None else lateral_present.to(pa.dtype)[:, None]
+        mean = (pa + m * lateral) / (1 + m)
+        var = ((pa - mean) ** 2 + m * (lateral - mean) ** 2) / (1 + m)
+        return torch.cat([mean, var], dim=1)
+
+    def forward(self, batch: Batch) -> Tensor:
+        pa = _global_pool(self.encoders["pa"](_take(batch, "pa", 2, self.arch)))
+        lateral = present = None
+        if batch.get("lateral") is not None:
+            lateral = _global_pool(self.encoders["lateral"](_take(batch, "lateral", 2, self.arch)))
+            if self.training and self.view_dropout > 0:
+                present = (torch.rand(pa.shape[0], device=pa.device) >= self.view_dropout).to(pa.dtype)
+        return self.head(self.fuse(pa, lateral, present))
+
+
+class CNN3d(ClassifierNet):
+    """``cnn3d``: the 3D CNN of Zunair et al. 2020 on the whole CT.
+
+    ``batch["ct"]`` (N, 1, D, H, W), unit intensity, canonical axes -> logits (N, K). Four blocks
+    (3³ conv, ReLU, max-pool 2, batch norm; 64/64/128/256 channels times ``width``), global average
+    pooling, FC 512·width, ReLU, dropout ``dropout`` (0.3 as in Zunair et al.'s code), FC K. Grad-CAM
+    layer: the second block (see :class:`ZunairTrunk`).
+    """
+
+    arch = "cnn3d"
+    inputs = ("ct",)
+
+    def __init__(self, num_outputs: int, *, width: float = 1.0, dropout: float = 0.3) -> None:
+        super().__init__(num_outputs, dict(width=width, dropout=dropout))
+        self.trunk = ZunairTrunk(1, width)
+        self.head = ZunairHead(self.trunk.out_channels, num_outputs, width, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"ct": self.trunk.cam_layer}
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(self.trunk(_take(batch, "ct", 3, self.arch)))
+
+
+class CNN3dTwoSlice(CNN3d):
+    """``cnn3d-2slice``: the Zunair CNN on the two central coronal CT slices only (the seed's "2-slice CT").
+
+    ``batch["ct"]`` (N, 1, D, H, W) -> :func:`central_coronal_slab` (N, 1, 2, D, W) (slices H//2-1 and
+    H//2, each in the PA frame) -> the :class:`CNN3d` layers. The slab's depth is pooled to 1 by the
+    first block and stays 1 (:class:`HalvingMaxPool3d`). The seed found the central slices of a synthetic
+    CT sharper than the rest; the network never sees any other slice.
+
+    Grad-CAM: the map over the slab is reduced to one (D, W) map (maximum over the two slices) and
+    repeated along H, so the "ct" map of a two-slice model is the same on every coronal slice; it says
+    where in the coronal plane the central slices drove the output, nothing about A->P position.
+    """
+
+    arch = "cnn3d-2slice"
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(self.trunk(central_coronal_slab(_take(batch, "ct", 3, self.arch))))
+
+    def cam_maps(self, layer_maps: Mapping[str, Tensor], batch: Batch) -> Dict[str, Tensor]:
+        ct = batch["ct"]
+        coronal = _slab_cam(layer_maps["ct"], (2, ct.shape[2], ct.shape[4]))
+        return {"ct": coronal.unsqueeze(2).expand(-1, -1, ct.shape[3], -1)}
+
+
+def _slab_cam(cam: Tensor, slab_shape: Tuple[int, int, int]) -> Tensor:
+    """(N, *layer grid of a slab) -> (N, D, W): resampled onto the slab (n, D, W), maximum over its n slices."""
+    return resample_map(cam, slab_shape).amax(dim=1)
+
+
+class DenseNet3d(ClassifierNet):
+    """``densenet3d``: DenseNet-121 3D (MONAI, ``spatial_dims=3``) on the whole CT.
+
+    ``batch["ct"]`` (N, 1, D, H, W) -> logits (N, K); head as :class:`DenseNet2d`. Edges >= 32 voxels
+    for four blocks.
+    """
+
+    arch = "densenet3d"
+    inputs = ("ct",)
+
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_outputs,
+            dict(init_features=init_features, growth_rate=growth_rate, block_config=block_config, dropout=dropout),
+        )
+        self.encoder = DenseNetEncoder(3, 1, init_features, growth_rate, block_config)
+        self.head = LinearHead(self.encoder.out_channels, num_outputs, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"ct": self.encoder.cam_layer}
+
+    @property
+    def cam_shifts(self) -> Dict[str, float]:
+        return {"ct": DenseNetEncoder.CAM_SHIFT}
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(_global_pool(self.encoder(_take(batch, "ct", 3, self.arch))))
+
+
+class ConcatCNN3d(ClassifierNet):
+    """``concat-cnn3d``: the PA as a second CT channel, then the Zunair CNN (the seed's input concatenation).
+
+    ``batch["pa"]`` (N, 1, S, S) is resampled (bilinear) to the CT's (D, W) when S differs (both cover
+    the chest; the alignment is only as good as the radiograph's field of view matches the CT cube),
+    repeated along A->P to (N, 1, D, H, W) and concatenated with ``batch["ct"]`` -> (N, 2, D, H, W).
+
+    Grad-CAM: the network's only map is on the CT grid, so ``cam_layers`` has just "ct";
+    :meth:`cam_maps` adds "pa" = the CT map's maximum along A->P (the axis the PA was repeated along),
+    resampled to (S, S).
+    """
+
+    arch = "concat-cnn3d"
+    inputs = ("pa", "ct")
+
+    def __init__(self, num_outputs: int, *, width: float = 1.0, dropout: float = 0.3) -> None:
+        super().__init__(num_outputs, dict(width=width, dropout=dropout))
+        self.trunk = ZunairTrunk(2, width)
+        self.head = ZunairHead(self.trunk.out_channels, num_outputs, width, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"ct": self.trunk.cam_layer}
+
+    def forward(self, batch: Batch) -> Tensor:
+        ct = _take(batch, "ct", 3, self.arch)
+        d, h, w = ct.shape[2:]
+        pa = _resize(_take(batch, "pa", 2, self.arch), (d, w))
+        return self.head(self.trunk(torch.cat([ct, pa.unsqueeze(3).expand(-1, -1, -1, h, -1)], dim=1)))
+
+    def cam_maps(self, layer_maps: Mapping[str, Tensor], batch: Batch) -> Dict[str, Tensor]:
+        ct_map = resample_map(layer_maps["ct"], batch["ct"].shape[2:])
+        pa_map = _resize(ct_map.amax(dim=2).unsqueeze(1), batch["pa"].shape[2:])[:, 0]
+        return {"ct": ct_map, "pa": pa_map}
+
+
+class ConcatCNN3dTwoSlice(ClassifierNet):
+    """``concat-cnn3d-2slice``: the PA stacked with the two central coronal CT slices, then the Zunair CNN.
+
+    ``batch["pa"]`` (N, 1, S, S), resampled to (D, W) when needed, and :func:`central_coronal_slab` of
+    ``batch["ct"]`` form a depth-3 volume (N, 1, 3, D, W): [PA, slice H//2-1, slice H//2], all in the
+    PA frame (the seed's "X-ray and CT concatenated" with 2-slice CT). Depth 3 -> 2 -> 1 -> 1 -> 1
+    through the blocks (:class:`HalvingMaxPool3d`).
+
+    Grad-CAM: the slab map's maximum over its three slices is one (D, W) map; "ct" repeats it along H
+    (as :class:`CNN3dTwoSlice`), "pa" is it resampled to (S, S).
+    """
+
+    arch = "concat-cnn3d-2slice"
+    inputs = ("pa", "ct")
+
+    def __init__(self, num_outputs: int, *, width: float = 1.0, dropout: float = 0.3) -> None:
+        super().__init__(num_outputs, dict(width=width, dropout=dropout))
+        self.trunk = ZunairTrunk(1, width)
+        self.head = ZunairHead(self.trunk.out_channels, num_outputs, width, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"ct": self.trunk.cam_layer}
+
+    def forward(self, batch: Batch) -> Tensor:
+        ct = _take(batch, "ct", 3, self.arch)
+        pa = _resize(_take(batch, "pa", 2, self.arch), (ct.shape[2], ct.shape[4]))
+        return self.head(self.trunk(torch.cat([pa.unsqueeze(2), central_coronal_slab(ct)], dim=2)))
+
+    def cam_maps(self, layer_maps: Mapping[str, Tensor], batch: Batch) -> Dict[str, Tensor]:
+        d, h, w = batch["ct"].shape[2:]
+        coronal = _slab_cam(layer_maps["ct"], (3, d, w))
+        pa_map = _resize(coronal.unsqueeze(1), batch["pa"].shape[2:])[:, 0]
+        return {"ct": coronal.unsqueeze(2).expand(-1, -1, h, -1), "pa": pa_map}
+
+
+class LateFusion(ClassifierNet):
+    """``late-fusion``: a DenseNet branch on the PA and a Zunair branch on the CT, fused after pooling.
+
+    ``batch["pa"]`` (N, 1, S, S) -> :class:`DenseNetEncoder` -> global average pool (C₁);
+    ``batch["ct"]`` (N, 1, D, H, W) -> :class:`ZunairTrunk` -> global average pool (C₂);
+    concatenated (C₁ + C₂) -> dropout -> linear K. Grad-CAM layers: the DenseNet's for "pa", the
+    Zunair trunk's second block for "ct".
+    """
+
+    arch = "late-fusion"
+    inputs = ("pa", "ct")
+
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        width: float = 1.0,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            num_outputs,
+            dict(
+                width=width,
+                init_features=init_features,
+                growth_rate=growth_rate,
+                block_config=block_config,
+                dropout=dropout,
+            ),
+        )
+        self.pa_encoder = DenseNetEncoder(2, 1, init_features, growth_rate, block_config)
+        self.ct_trunk = ZunairTrunk(1, width)
+        self.head = LinearHead(self.pa_encoder.out_channels + self.ct_trunk.out_channels, num_outputs, dropout)
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"pa": self.pa_encoder.cam_layer, "ct": self.ct_trunk.cam_layer}
+
+    @property
+    def cam_shifts(self) -> Dict[str, float]:
+        return {"pa": DenseNetEncoder.CAM_SHIFT}
+
+    def forward(self, batch: Batch) -> Tensor:
+        pa = _global_pool(self.pa_encoder(_take(batch, "pa", 2, self.arch)))
+        ct = _global_pool(self.ct_trunk(_take(batch, "ct", 3, self.arch)))
+        return self.head(torch.cat([pa, ct], dim=1))
+
+
+CLASSIFIER_ARCHS: Dict[str, Type[ClassifierNet]] = {
+    cls.arch: cls
+    for cls in (
+        DenseNet2d,
+        HeMISDenseNet2d,
+        CNN3d,
+        CNN3dTwoSlice,
+        DenseNet3d,
+        ConcatCNN3d,
+        ConcatCNN3dTwoSlice,
+        LateFusion,
+    )
+}
+"""Registry name -> network class (options: the class's keyword arguments)."""
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be an integer >= 1")
+    return value
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a number > 0")
+    return float(value)
+
+
+def _probability(value: Any, upper_inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    if not (0 <= value < 1 or (upper_inclusive and value == 1)):
+        raise ValueError("must be in [0, 1]" if upper_inclusive else "must be in [0, 1)")
+    return float(value)
+
+
+def _blocks(value: Any) -> Tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ValueError("must be a non-empty list of integers >= 1")
+    return tuple(_positive_int(v) for v in value)
+
+
+_OPTION_CHECKS: Dict[str, Callable[[Any], Any]] = {
+    "width": _positive_float,
+    "init_features": _positive_int,
+    "growth_rate": _positive_int,
+    "block_config": _blocks,
+    "dropout": lambda v: _probability(v, upper_inclusive=False),
+    "view_dropout": lambda v: _probability(v, upper_inclusive=True),
+}
+"""Option name -> checker returning the normalised value or raising ValueError (the problem)."""
+
+
+def arch_options(arch: str) -> Dict[str, Any]:
+    """The options of ``arch`` and their defaults."""
+    if arch not in CLASSIFIER_ARCHS:
+        raise ValueError(f"unknown classifier arch {arch!r}; valid: {', '.join(CLASSIFIER_ARCHS)}")
+    params = inspect.signature(CLASSIFIER_ARCHS[arch].__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_classifier(arch: str, num_outputs: int, **options: Any) -> ClassifierNet:
+    """A new network ``arch`` with ``num_outputs`` logits; ``options`` override the defaults of :func:`arch_options`.
+
+    Raises ValueError naming the valid archs or options on an unknown arch, an unknown option or a bad
+    value. Initialisation draws from torch's global generator: seed it (``torch.manual_seed``) for
+    reproducible weights.
+    """
+    valid = arch_options(arch)
+    try:
+        num_outputs = _positive_int(num_outputs)
+    except ValueError as err:
+        raise ValueError(f"{arch}: num_outputs {err}, got {num_outputs!r}") from None
+    checked: Dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in valid:
+            raise ValueError(f"{arch}: unknown option {name!r}; valid options: {', '.join(valid)}")
+        try:
+            checked[name] = _OPTION_CHECKS[name](value)
+        except ValueError as err:
+            raise ValueError(f"{arch}: option {name} {err}, got {value!r}") from None
+    return CLASSIFIER_ARCHS[arch](num_outputs, **checked)
+
+
+def classifier_config(net: ClassifierNet) -> Dict[str, Any]:
+    """JSON-able arguments that rebuild ``net``: ``build_classifier(**classifier_config(net))``.
+
+    ``{"arch", "num_outputs", **options}`` with every option spelled out (defaults included, tuples as
+    lists), so a checkpoint keeps its shape even if a default changes later.
+    """
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in net.options.items()}
+    return {"arch": net.arch, "num_outputs": net.num_outputs, **options}

@@ -1,0 +1,210 @@
+"""Reproduce the synthetic-CT TB classification seed's comparison (its Table 1) on the synthetic benchmark.
+
+Rows: radiograph-only classifiers (PA; PA + lateral with HeMIS fusion), classifiers on synthetic CTs
+from the single-view (+S) and biplanar (+B) demo generators (full volume and two central coronal
+slices), CT + X-ray by input concatenation (and late fusion for +B), and the real CT as a reference.
+The TB identification task gets every row; TB type, active vs sequelae and PE get the seed's short
+rows (X-ray, CT, CT + X-ray) plus the real-CT reference.
+
+Every number comes from the x2ct commands a user would run (``build-dataset``, ``synthesize-ct``,
+``train-classifier``, ``evaluate-classifier --compare``): thresholds are chosen by Youden's J on the
+validation split and frozen for test; AUCs carry DeLong 95% CIs; p-values are paired DeLong tests
+against the X-ray (PA) row on the same test cases; accuracies carry Wilson CIs.
+
+Usage (from the repository root; every step resumes, so an interrupted run can be restarted)::
+
+    python docs/reproduce_seed_table.py --work WORK
+
+Outputs: ``docs/classifier_reproduction.json`` and the table between the markers of
+``docs/classifier_reproduction.md``. CPU budget: see the settings below (sizes shrunk for a 2-core CPU;
+the JSON records them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "classifier_reproduction.md"
+RESULTS = REPO / "docs" / "classifier_reproduction.json"
+START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+
+GENERATORS = {"S": "x2ct-demo-singleview", "B": "x2ct-demo-biplanar"}
+DENSENET_SMALL = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2, 2]}
+CNN_SMALL = {"width": 0.25}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a classifier architecture on one kind of input."""
+
+    key: str
+    label: str
+    arch: str
+    ct: Optional[str]  # None (no CT), "S", "B" or "real"
+    options: Dict[str, Any]
+
+
+ROWS = (
+    Row("xray_pa", "X-ray (PA)", "densenet2d", None, DENSENET_SMALL),
+    Row("xray_pa_l", "X-ray (PA + L), HeMIS", "hemis-densenet2d", None, DENSENET_SMALL),
+    Row("ct_s_full", "CT (+S), full volume", "cnn3d", "S", CNN_SMALL),
+    Row("ct_s_2slice", "CT (+S), 2 slices", "cnn3d-2slice", "S", CNN_SMALL),
+    Row("ct_b_full", "CT (+B), full volume", "cnn3d", "B", CNN_SMALL),
+    Row("ct_b_2slice", "CT (+B), 2 slices", "cnn3d-2slice", "B", CNN_SMALL),
+    Row("ct_s_xray_full", "CT (+S) + X-ray, full volume", "concat-cnn3d", "S", CNN_SMALL),
+    Row("ct_s_xray_2slice", "CT (+S) + X-ray, 2 slices", "concat-cnn3d-2slice", "S", CNN_SMALL),
+    Row("ct_b_xray_full", "CT (+B) + X-ray, full volume", "concat-cnn3d", "B", CNN_SMALL),
+    Row("ct_b_xray_2slice", "CT (+B) + X-ray, 2 slices", "concat-cnn3d-2slice", "B", CNN_SMALL),
+    Row("ct_b_xray_late", "CT (+B) + X-ray, late fusion", "late-fusion", "B", {**CNN_SMALL, **DENSENET_SMALL}),
+    Row("ct_real_full", "real CT (reference), full volume", "cnn3d", "real", CNN_SMALL),
+)
+BASELINE = "xray_pa"
+SHORT_ROWS = ("xray_pa", "ct_b_2slice", "ct_b_xray_2slice", "ct_real_full")
+TASK_ROWS = {"tb": tuple(r.key for r in ROWS), "tb_type": SHORT_ROWS, "tb_activity": SHORT_ROWS, "pe": SHORT_ROWS}
+TASK_TITLES = {
+    "tb": "TB identification (healthy vs TB; seed Table 1)",
+    "tb_type": "TB type, multi-label (granuloma, cavitation, calcification; seed Table 2)",
+    "tb_activity": "Active TB vs sequelae (seed Table 3)",
+    "pe": "Pulmonary embolism (X-ray2CTPA seed's comparison)",
+}
+
+
+def x2ct(*args: str) -> None:
+    """Run one x2ct command (the same entry point users call); stop on failure."""
+    command = [sys.executable, "-m", "x2ct.cli", *args]
+    print("+ x2ct " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def ct_source(work: Path, ct: Optional[str]) -> Optional[str]:
+    if ct is None:
+        return None
+    return "real" if ct == "real" else str(work / f"ct_{ct}")
+
+
+def train_and_evaluate(work: Path, task: str, row: Row, settings: argparse.Namespace) -> Path:
+    """Train (resuming) and evaluate one row for one task; returns the evaluation folder."""
+    run = work / "runs" / f"{task}-{row.key}"
+    evaluation = work / "evals" / f"{task}-{row.key}"
+    if not (run / "model" / "model.json").is_file():
+        args = ["train-classifier", "--data", str(work / "data"), "--task", task, "--arch", row.arch, "-o", str(run)]
+        source = ct_source(work, row.ct)
+        if source:
+            args += ["--ct-source", source]
+        args += ["--set", f"epochs={settings.epochs}", "--set", f"lr={settings.lr}"]
+        args += ["--set", f"size_xray={settings.size_xray}", "--set", "progress=false"]
+        full_volume = row.arch in ("cnn3d", "concat-cnn3d", "late-fusion")
+        args += ["--set", f"size_ct={settings.size_ct_full if full_volume else 64}"]
+        args += ["--set", f"arch_options={json.dumps(row.options)}", "--set", "batch_size=16"]
+        args += ["--threads", str(settings.threads)] + (["--resume"] if run.exists() else [])
+        x2ct(*args)
+    if not (evaluation / "metrics.json").is_file():
+        args = ["evaluate-classifier", "--model", str(run / "model"), "--data", str(work / "data")]
+        args += ["-o", str(evaluation)]
+        source = ct_source(work, row.ct)
+        if source:
+            args += ["--ct-source", source]
+        baseline = work / "evals" / f"{task}-{BASELINE}"
+        if row.key != BASELINE:
+            args += ["--compare", str(baseline)]
+        x2ct(*args)
+    return evaluation
+
+
+def _ci(record: Dict[str, Any], digits: int = 2) -> str:
+    if record.get("value") is None:
+        return "–"
+    return f"{record['value']:.{digits}f} [{record['ci_low']:.{digits}f}, {record['ci_high']:.{digits}f}]"
+
+
+def _p(value: Optional[float]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Markdown lines of one task's table (one line per row and output)."""
+    lines = [
+        f"### {TASK_TITLES[task]}",
+        "",
+        "| input | output | AUC [95% CI] | p vs X-ray (PA) | accuracy [95% CI] | sensitivity | specificity | n (pos) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        document = metrics[row.key]
+        for output, record in document["outputs"].items():
+            m = record["metrics"]
+            comparison = (document.get("comparison") or {}).get("outputs", {}).get(output, {})
+            p = None if row.key == BASELINE else comparison.get("p_value")
+            counts = record["counts"]
+            lines.append(
+                f"| {row.label} | {output} | {_ci(record['auc'])} | {_p(p)} | {_ci(m['accuracy'])} | "
+                f"{_ci(m['sensitivity'])} | {_ci(m['specificity'])} | {counts['n']} ({counts['n_pos']}) |"
+            )
+    return lines + [""]
+
+
+def write_doc(block: str) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    DOC.write_text(head + START + "\n" + block + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--work", type=Path, required=True, help="working folder (data, synthetic CTs, runs)")
+    parser.add_argument("--cases", type=int, default=600, help="synthetic cases (default 600)")
+    parser.add_argument("--seed", type=int, default=11, help="synthetic benchmark seed (default 11)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs per classifier (default 20)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; see the doc)")
+    parser.add_argument("--size-xray", type=int, default=64, help="radiograph input pixels (default 64)")
+    parser.add_argument("--size-ct-full", type=int, default=32, help="grid of full-volume CT models (default 32)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_ROWS), choices=list(TASK_ROWS))
+    settings = parser.parse_args(argv)
+    work = settings.work
+    start = time.time()
+    x2ct("build-dataset", "--synthetic-from", "sample", "--cases", str(settings.cases), "--seed", str(settings.seed),
+         "--size", "64", "--workers", "2", str(work / "data"))  # fmt: skip
+    for key, model in GENERATORS.items():
+        x2ct("synthesize-ct", "--model", model, "--data", str(work / "data"), "-o", str(work / f"ct_{key}"))
+    by_key = {row.key: row for row in ROWS}
+    results: Dict[str, Any] = {}
+    blocks = []
+    for task in settings.tasks:
+        rows = [by_key[k] for k in TASK_ROWS[task]]
+        metrics = {}
+        for row in rows:  # the baseline first: the others compare against it
+            evaluation = train_and_evaluate(work, task, row, settings)
+            metrics[row.key] = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
+        results[task] = {row.key: {"label": row.label, **metrics[row.key]} for row in rows}
+        blocks.append("\n".join(table(task, rows, metrics)))
+    command = "python docs/reproduce_seed_table.py --work WORK" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(settings).items() if k not in ("work", "tasks")
+    )
+    record = {
+        "command": command,
+        "settings": {k: v for k, v in vars(settings).items() if k != "work"},
+        "rows": {row.key: {"label": row.label, "arch": row.arch, "ct": row.ct, "options": row.options} for row in ROWS},
+        "generators": GENERATORS,
+        "wall_time_s": round(time.time() - start, 1),
+        "results": results,
+    }
+    RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    write_doc(f"Command: `{command}`\n\n" + "\n".join(blocks))
+    print(f"wrote {RESULTS.relative_to(REPO)} and the table in {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
