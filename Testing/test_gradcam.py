@@ -335,9 +335,13 @@ def test_grad_cam_leaves_no_hooks_modes_or_gradients_behind():
     user_hook.remove()
 
 
-def test_grad_cam_takes_one_case():
+def test_grad_cam_takes_one_case_and_an_integer_index():
+    net = tiny("cnn3d")
     with pytest.raises(ValueError, match="batch of one case"):
-        grad_cam(tiny("cnn3d"), {"ct": torch.rand(2, 1, *CT)}, 0)
+        grad_cam(net, {"ct": torch.rand(2, 1, *CT)}, 0)
+    with pytest.raises(ValueError, match="must be an integer"):
+        grad_cam(net, {"ct": torch.rand(1, 1, *CT)}, 1.0)
+    assert grad_cam(net, {"ct": torch.rand(1, 1, *CT)}, np.int64(1))["ct"].shape == CT
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,6 +13,7 @@ not between maps or cases).
 
 from __future__ import annotations
 
+import operator
 from typing import Dict, List, Mapping
 
 import numpy as np
@@ -79,8 +80,10 @@ def grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: in
     parameter ``.grad`` is changed. Works under a caller's ``torch.no_grad()`` or
     ``torch.inference_mode()`` (gradients are switched on locally).
     """
-    if isinstance(output_index, bool) or not isinstance(output_index, int):
-        raise ValueError(f"output_index must be an int, got {output_index!r}")
+    try:
+        output_index = operator.index(output_index)
+    except TypeError:
+        raise ValueError(f"output_index must be an integer, got {output_index!r}") from None
     sizes = {key: value.shape[0] for key, value in batch.items() if value is not None}
     if any(n != 1 for n in sizes.values()):
         raise ValueError(f"grad_cam takes a batch of one case, got batch sizes {sizes}")
