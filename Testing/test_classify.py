@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -22,9 +23,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from edited_defaults import import_with_edited_defaults
 from x2ct.classify.augment import rotate_batch
+from x2ct.classify.checkpoint import load_classifier
+from x2ct.classify.config import DEFAULT_CONFIG, ClassifierConfig, load_config
 from x2ct.classify.data import ClassifierDataset
 from x2ct.classify.evaluate import projected_mask
 from x2ct.classify.tasks import TASKS, read_labels
@@ -61,6 +66,12 @@ def one_error_line(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.startswith("x2ct")]
     assert len(lines) == 1 and lines[0].startswith("x2ct: error: ") and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def evaluate_args(model: Path, data: Path, labels: Path, out: Path, *extra: object) -> List[object]:
+    """``x2ct evaluate-classifier`` of ``model`` on ``data`` with ``labels`` into ``out`` (on the CPU)."""
+    command = ["evaluate-classifier", "--model", model, "--data", data, "--labels", labels, "--device", "cpu"]
+    return [*command, "-o", out, *extra]
 
 
 def train_args(
@@ -166,6 +177,52 @@ def synthetic(data, generator, tmp_path_factory) -> Path:
     assert code == 0, stderr
     assert "synthesized 12 CTs" in stdout
     return out
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_default_file_is_the_only_source_of_classifier_defaults(tmp_path):
+    """Edit classifier_default.json in a copy of the package: ClassifierConfig() follows; a bad file fails."""
+    document = json.loads(DEFAULT_CONFIG.read_text())
+    assert {k: v for k, v in document.items() if not k.startswith("_")} == ClassifierConfig().to_dict()
+    assert load_config() == ClassifierConfig()
+    results = import_with_edited_defaults(
+        tmp_path,
+        "x2ct.classify.config",
+        "ClassifierConfig",
+        DEFAULT_CONFIG,
+        {
+            "changed": lambda d: dict(d, lr=0.001, arch="cnn3d", arch_options={"width": 0.5}, augment=False),
+            "missing": lambda d: {k: v for k, v in d.items() if k != "rotation_degrees"},
+            "unknown": lambda d: dict(d, learning_rate=0.1),
+            "mistyped": lambda d: dict(d, rotation_degrees=10),
+        },
+    )
+    changed = results["changed"]
+    assert changed["file"].startswith(changed["root"])
+    expected = dict(ClassifierConfig().to_dict(), lr=0.001, arch="cnn3d", arch_options={"width": 0.5}, augment=False)
+    assert changed["defaults"] == changed["loaded"] == expected
+    assert "the default of setting 'rotation_degrees' is missing" in results["missing"]["error"]
+    assert "unknown setting(s) learning_rate" in results["unknown"]["error"]
+    assert "setting rotation_degrees=10 is not a float" in results["mistyped"]["error"]
+
+
+def test_classifier_config_file_then_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"_comment": "ignored", "arch": "cnn3d", "lr": 1e-3, "labels": "/l.csv"}))
+    c = load_config(path, ["lr=5e-4", 'arch_options={"width": 0.25}', "labels=none", "augment=off"])
+    expected = dict(arch="cnn3d", lr=5e-4, arch_options={"width": 0.25}, labels=None, augment=False)
+    assert c == replace(ClassifierConfig(), **expected)
+    for bad, message in [
+        (["arch_options=[1]"], "is not a valid dict"),
+        (["epochs=1.5"], "is not a valid int"),
+        (["batch_size=1"], "at least 2"),
+        (["beta2=1"], "must be in \\[0, 1\\)"),
+        (["tensorboard=maybe"], "use auto"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            load_config(path, bad)
 
 
 # ------------------------------------------------------------------------------------ tasks and labels
@@ -348,6 +405,21 @@ def test_model_metadata(straight_run):
     assert history["selected_epoch"] == best["epoch"] == meta["metrics"]["selected_epoch"]
 
 
+def test_model_files_are_verified_and_carry_one_header_key(straight_run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(straight_run / "model", model)
+    with safe_open(str(model / "model.safetensors"), framework="pt") as fh:
+        header = fh.metadata()
+    assert list(header) == ["x2ct"] and json.loads(header["x2ct"])["format"] == "x2ct-classifier"
+    net, meta = load_classifier(model)
+    assert meta["weights_path"] == str(model / "model.safetensors") and not net.training
+    data = bytearray((model / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (model / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 mismatch"):
+        load_classifier(model)
+
+
 def test_rotation_keeps_pa_and_coronal_ct_aligned():
     ct = torch.zeros(1, 1, 32, 32, 32)
     ct[0, 0, 6:10, 12:18, 20:25] = 1.0  # an off-centre block
@@ -364,21 +436,7 @@ def test_rotation_keeps_pa_and_coronal_ct_aligned():
 def test_evaluate_schema_and_frozen_thresholds(data, labels, straight_run, tmp_path):
     val_eval, test_eval = tmp_path / "val", tmp_path / "test"
     for split, out in (("val", val_eval), ("test", test_eval)):
-        code, stdout, stderr = run_cli(
-            "evaluate-classifier",
-            "--model",
-            straight_run / "model",
-            "--data",
-            data,
-            "--labels",
-            labels,
-            "--split",
-            split,
-            "-o",
-            out,
-            "--device",
-            "cpu",
-        )
+        code, stdout, stderr = run_cli(*evaluate_args(straight_run / "model", data, labels, out, "--split", split))
         assert code == 0 and "tb_present: AUC" in stdout, stderr
     assert sorted(p.name for p in test_eval.iterdir()) == ["metrics.json", "predictions.csv", "roc.png"]
     assert (test_eval / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -409,19 +467,7 @@ def test_evaluate_uses_the_threshold_in_the_model_not_one_from_test(data, labels
     meta = json.loads((model / "model.json").read_text())
     meta["thresholds"]["tb_present"] = 0.123
     (model / "model.json").write_text(json.dumps(meta))
-    code, _, stderr = run_cli(
-        "evaluate-classifier",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--labels",
-        labels,
-        "-o",
-        tmp_path / "eval",
-        "--device",
-        "cpu",
-    )
+    code, _, stderr = run_cli(*evaluate_args(model, data, labels, tmp_path / "eval"))
     assert code == 0, stderr
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())["outputs"]["tb_present"]
     assert record["threshold"] == 0.123
@@ -431,24 +477,14 @@ def test_evaluate_uses_the_threshold_in_the_model_not_one_from_test(data, labels
 
 
 def test_compare_needs_the_same_cases(data, labels, straight_run, tmp_path):
-    base = [
-        "evaluate-classifier",
-        "--model",
-        straight_run / "model",
-        "--data",
-        data,
-        "--labels",
-        labels,
-        "--device",
-        "cpu",
-    ]
-    assert run_cli(*base, "-o", tmp_path / "a")[0] == 0
-    assert run_cli(*base, "--split", "val", "-o", tmp_path / "val")[0] == 0
-    code, stdout, stderr = run_cli(*base, "-o", tmp_path / "b", "--compare", tmp_path / "a")
+    model = straight_run / "model"
+    assert run_cli(*evaluate_args(model, data, labels, tmp_path / "a"))[0] == 0
+    assert run_cli(*evaluate_args(model, data, labels, tmp_path / "val", "--split", "val"))[0] == 0
+    code, stdout, stderr = run_cli(*evaluate_args(model, data, labels, tmp_path / "b", "--compare", tmp_path / "a"))
     assert code == 0, stderr
     comparison = json.loads((tmp_path / "b" / "metrics.json").read_text())["comparison"]["outputs"]["tb_present"]
     assert comparison["difference"] == 0.0 and comparison["p_value"] == 1.0  # the same model on the same cases
-    code, _, stderr = run_cli(*base, "-o", tmp_path / "c", "--compare", tmp_path / "val")
+    code, _, stderr = run_cli(*evaluate_args(model, data, labels, tmp_path / "c", "--compare", tmp_path / "val"))
     line = one_error_line(stderr)
     assert code == 2 and "holds other cases than this evaluation (4 only here, 4 only there" in line
     assert not (tmp_path / "c").exists()
@@ -456,19 +492,7 @@ def test_compare_needs_the_same_cases(data, labels, straight_run, tmp_path):
 
 def test_missing_eval_extra_is_one_line(data, labels, straight_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "statsmodels", None)  # import statsmodels now raises ImportError
-    code, _, stderr = run_cli(
-        "evaluate-classifier",
-        "--model",
-        straight_run / "model",
-        "--data",
-        data,
-        "--labels",
-        labels,
-        "-o",
-        tmp_path / "eval",
-        "--device",
-        "cpu",
-    )
+    code, _, stderr = run_cli(*evaluate_args(straight_run / "model", data, labels, tmp_path / "eval"))
     assert code == 2 and "needs the eval extra" in one_error_line(stderr) and "statsmodels" in stderr
     assert not (tmp_path / "eval").exists()
 
@@ -512,20 +536,7 @@ def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path):
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["training_data"]["ct_source"]["kind"] == "synthetic"
     assert meta["training_data"]["ct_source"]["generator"]["model"] == "gen"
-    code, stdout, stderr = run_cli(
-        "evaluate-classifier",
-        "--model",
-        run,
-        "--data",
-        data,
-        "--labels",
-        labels,
-        "-o",
-        tmp_path / "eval",
-        "--device",
-        "cpu",
-        "--cam-hit-rate",
-    )
+    code, stdout, stderr = run_cli(*evaluate_args(run, data, labels, tmp_path / "eval", "--cam-hit-rate"))
     assert code == 0 and "CAM hit rate (ct)" in stdout, stderr
     document = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert document["data"]["ct_source"] == str(synthetic)  # the model's own CT source by default

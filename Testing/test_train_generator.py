@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -22,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from edited_defaults import import_with_edited_defaults
 from x2ct.cli import main
 from x2ct.data.loader import X2CTDataset, ct_to_unit, xray_to_unit
 from x2ct.errors import InputError
@@ -163,54 +163,27 @@ def test_default_file_is_the_official_config():
     assert c.lr_factor(50) == pytest.approx(1 - 1 / 51) and c.lr_factor(99) == pytest.approx(1 / 51)
 
 
-IMPORT_CONFIGS = """
-import importlib, json, sys
-results = []
-for root in sys.argv[1:]:
-    sys.path.insert(0, root)
-    for name in [m for m in sys.modules if m == "x2ct" or m.startswith("x2ct.")]:
-        del sys.modules[name]
-    try:
-        config = importlib.import_module("x2ct.train.config")
-        results.append({"file": config.__file__, "defaults": config.TrainConfig().to_dict(),
-                        "loaded": config.load_config().to_dict()})
-    except Exception as err:
-        results.append({"error": f"{type(err).__name__}: {err}"})
-    sys.path.remove(root)
-print(json.dumps(results))
-"""
-
-
 def test_default_file_is_the_only_source_of_defaults(tmp_path):
     """Edit generator_default.json in a copy of the package: TrainConfig() follows; a bad file fails the import."""
-    import x2ct
-
-    package = Path(x2ct.__file__).parent
-    variants = {
-        "changed": lambda d: dict(d, lr=0.001, batch_size=2, tensorboard="off"),
-        "missing": lambda d: {k: v for k, v in d.items() if k != "ndf"},
-        "unknown": lambda d: dict(d, learning_rate=0.1),
-        "mistyped": lambda d: dict(d, width=1),
-    }
-    roots = []
-    for name, edit in variants.items():
-        root = tmp_path / name
-        copy = root / "x2ct"
-        shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        default = copy / "train" / DEFAULT_CONFIG.name
-        default.write_text(json.dumps(edit(json.loads(default.read_text()))))
-        roots.append(str(root))
-    proc = subprocess.run(
-        [sys.executable, "-c", IMPORT_CONFIGS, *roots], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    results = import_with_edited_defaults(
+        tmp_path,
+        "x2ct.train.config",
+        "TrainConfig",
+        DEFAULT_CONFIG,
+        {
+            "changed": lambda d: dict(d, lr=0.001, batch_size=2, tensorboard="off"),
+            "missing": lambda d: {k: v for k, v in d.items() if k != "ndf"},
+            "unknown": lambda d: dict(d, learning_rate=0.1),
+            "mistyped": lambda d: dict(d, width=1),
+        },
     )
-    assert proc.returncode == 0, proc.stderr
-    changed, missing, unknown, mistyped = json.loads(proc.stdout)
-    assert changed["file"].startswith(roots[0])
+    changed = results["changed"]
+    assert changed["file"].startswith(changed["root"])
     expected = dict(TrainConfig().to_dict(), lr=0.001, batch_size=2, tensorboard="off")
     assert changed["defaults"] == changed["loaded"] == expected
-    assert "the default of setting 'ndf' is missing" in missing["error"]
-    assert "unknown setting(s) learning_rate" in unknown["error"]
-    assert "setting width=1 is not a float" in mistyped["error"]
+    assert "the default of setting 'ndf' is missing" in results["missing"]["error"]
+    assert "unknown setting(s) learning_rate" in results["unknown"]["error"]
+    assert "setting width=1 is not a float" in results["mistyped"]["error"]
 
 
 def test_config_file_then_overrides(tmp_path):

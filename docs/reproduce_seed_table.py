@@ -9,7 +9,8 @@ rows (X-ray, CT, CT + X-ray) plus the real-CT reference.
 Every number comes from the x2ct commands a user would run (``build-dataset``, ``synthesize-ct``,
 ``train-classifier``, ``evaluate-classifier --compare``): thresholds are chosen by Youden's J on the
 validation split and frozen for test; AUCs carry DeLong 95% CIs; p-values are paired DeLong tests
-against the X-ray (PA) row on the same test cases; accuracies carry Wilson CIs.
+against the X-ray (PA) row on the same test cases; accuracies carry Wilson CIs. The Grad-CAM hit rate
+counts the positive test cases whose map peak lies inside the relevant lesion masks, per input map.
 
 Usage (from the repository root; every step resumes, so an interrupted run can be restarted)::
 
@@ -109,7 +110,7 @@ def train_and_evaluate(work: Path, task: str, row: Row, settings: argparse.Names
         x2ct(*args)
     if not (evaluation / "metrics.json").is_file():
         args = ["evaluate-classifier", "--model", str(run / "model"), "--data", str(work / "data")]
-        args += ["-o", str(evaluation)]
+        args += ["-o", str(evaluation), "--cam-hit-rate"]
         source = ct_source(work, row.ct)
         if source:
             args += ["--ct-source", source]
@@ -132,13 +133,21 @@ def _p(value: Optional[float]) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _hits(document: Dict[str, Any], output: str) -> str:
+    """Grad-CAM hit rate per input map, e.g. "ct 12/30, pa 5/30" (peak inside the lesion mask)."""
+    record = ((document.get("cam_hit_rate") or {}).get("outputs") or {}).get(output) or {}
+    inputs = record.get("per_input") or {}
+    return ", ".join(f"{key} {v['hits']}/{v['n']}" for key, v in inputs.items()) or "–"
+
+
 def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     """Markdown lines of one task's table (one line per row and output)."""
     lines = [
         f"### {TASK_TITLES[task]}",
         "",
-        "| input | output | AUC [95% CI] | p vs X-ray (PA) | accuracy [95% CI] | sensitivity | specificity | n (pos) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| input | output | AUC [95% CI] | p vs X-ray (PA) | accuracy [95% CI] | sensitivity | specificity | n (pos) "
+        "| Grad-CAM hit rate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         document = metrics[row.key]
@@ -149,7 +158,8 @@ def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) ->
             counts = record["counts"]
             lines.append(
                 f"| {row.label} | {output} | {_ci(record['auc'])} | {_p(p)} | {_ci(m['accuracy'])} | "
-                f"{_ci(m['sensitivity'])} | {_ci(m['specificity'])} | {counts['n']} ({counts['n_pos']}) |"
+                f"{_ci(m['sensitivity'])} | {_ci(m['specificity'])} | {counts['n']} ({counts['n_pos']}) | "
+                f"{_hits(document, output)} |"
             )
     return lines + [""]
 
@@ -179,6 +189,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key, model in GENERATORS.items():
         x2ct("synthesize-ct", "--model", model, "--data", str(work / "data"), "-o", str(work / f"ct_{key}"))
     by_key = {row.key: row for row in ROWS}
+    command = "python docs/reproduce_seed_table.py --work WORK" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(settings).items() if k not in ("work", "tasks")
+    )
     results: Dict[str, Any] = {}
     blocks = []
     for task in settings.tasks:
@@ -189,19 +202,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             metrics[row.key] = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
         results[task] = {row.key: {"label": row.label, **metrics[row.key]} for row in rows}
         blocks.append("\n".join(table(task, rows, metrics)))
-    command = "python docs/reproduce_seed_table.py --work WORK" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(settings).items() if k not in ("work", "tasks")
-    )
-    record = {
-        "command": command,
-        "settings": {k: v for k, v in vars(settings).items() if k != "work"},
-        "rows": {row.key: {"label": row.label, "arch": row.arch, "ct": row.ct, "options": row.options} for row in ROWS},
-        "generators": GENERATORS,
-        "wall_time_s": round(time.time() - start, 1),
-        "results": results,
-    }
-    RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    write_doc(f"Command: `{command}`\n\n" + "\n".join(blocks))
+        done = len(results) == len(settings.tasks)
+        record = {
+            "command": command,
+            "complete": done,
+            "settings": {k: v for k, v in vars(settings).items() if k != "work"},
+            "rows": {r.key: {"label": r.label, "arch": r.arch, "ct": r.ct, "options": r.options} for r in ROWS},
+            "generators": GENERATORS,
+            "wall_time_s": round(time.time() - start, 1),
+            "results": results,
+        }
+        RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        status = "" if done else f"\n\n**Partial run:** only {', '.join(results)} finished so far."
+        write_doc(f"Command: `{command}`{status}\n\n" + "\n".join(blocks))
     print(f"wrote {RESULTS.relative_to(REPO)} and the table in {DOC.relative_to(REPO)}")
     return 0
 

@@ -18,11 +18,12 @@ from .errors import PathLike
 DEFAULT_WINDOW_HU = (-1100.0, 500.0)
 """(low, high) HU window that shows lungs and mediastinum together."""
 
-_LETTERS = {
-    "axial": ("A", "P", "R", "L"),  # top, bottom, left, right
+SLICE_LETTERS = {
+    "axial": ("A", "P", "R", "L"),
     "coronal": ("S", "I", "R", "L"),
     "sagittal": ("S", "I", "A", "P"),
 }
+"""Orientation letters (top, bottom, left, right) of each slice of :func:`three_plane_slices`."""
 
 
 def _to_uint8(slice_hu: np.ndarray, window: Tuple[float, float]) -> np.ndarray:
@@ -38,6 +39,18 @@ def three_plane_slices(volume_dhw: np.ndarray) -> dict:
         "coronal": volume_dhw[:, h // 2, :],
         "sagittal": volume_dhw[:, :, w // 2],
     }
+
+
+def draw_orientation_letters(
+    draw: ImageDraw.ImageDraw, x0: int, y0: int, tile: int, letters: Tuple[str, str, str, str], font
+) -> None:
+    """Write ``letters`` (top, bottom, left, right) in yellow at the edge midpoints of the ``tile``-pixel
+    square whose top-left corner is (``x0``, ``y0``)."""
+    top, bottom, left, right = letters
+    draw.text((x0 + tile // 2 - 4, y0 + 2), top, fill="yellow", font=font)
+    draw.text((x0 + tile // 2 - 4, y0 + tile - 18), bottom, fill="yellow", font=font)
+    draw.text((x0 + 3, y0 + tile // 2 - 8), left, fill="yellow", font=font)
+    draw.text((x0 + tile - 12, y0 + tile // 2 - 8), right, fill="yellow", font=font)
 
 
 def three_plane_picture(
@@ -60,11 +73,7 @@ def three_plane_picture(
         tile_img = Image.fromarray(_to_uint8(image, window)).resize((tile, tile), Image.BILINEAR)
         x0 = n * tile
         canvas.paste(tile_img.convert("RGB"), (x0, top))
-        t, b, left, right = _LETTERS[name]
-        draw.text((x0 + tile // 2 - 4, top + 2), t, fill="yellow", font=font)
-        draw.text((x0 + tile // 2 - 4, top + tile - 18), b, fill="yellow", font=font)
-        draw.text((x0 + 3, top + tile // 2 - 8), left, fill="yellow", font=font)
-        draw.text((x0 + tile - 12, top + tile // 2 - 8), right, fill="yellow", font=font)
+        draw_orientation_letters(draw, x0, top, tile, SLICE_LETTERS[name], font)
         draw.text((x0 + 3, top + 2), name, fill="white", font=font)
     return canvas
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .gradcam import cam_overlay_rgb
-from .preview import DEFAULT_WINDOW_HU, three_plane_slices
+from .preview import DEFAULT_WINDOW_HU, SLICE_LETTERS, draw_orientation_letters, three_plane_slices
 from .views import LATERAL
 
 if TYPE_CHECKING:
@@ -41,11 +41,6 @@ _BANNER_HEIGHT = 26
 _LABEL = 18
 
 _RADIOGRAPH_LETTERS = {"PA": ("S", "I", "R", "L"), LATERAL: ("S", "I", "A", "P")}  # top, bottom, left, right
-_SLICE_LETTERS = {
-    "axial": ("A", "P", "R", "L"),
-    "coronal": ("S", "I", "R", "L"),
-    "sagittal": ("S", "I", "A", "P"),
-}
 
 
 def _tile(gray_unit: np.ndarray) -> Image.Image:
@@ -57,14 +52,6 @@ def _tile(gray_unit: np.ndarray) -> Image.Image:
 def _window(slice_hu: np.ndarray, window: Tuple[float, float] = DEFAULT_WINDOW_HU) -> np.ndarray:
     low, high = window
     return (slice_hu - low) / (high - low)
-
-
-def _letters(draw: ImageDraw.ImageDraw, x0: int, y0: int, letters: Tuple[str, str, str, str], font) -> None:
-    top, bottom, left, right = letters
-    draw.text((x0 + TILE // 2 - 4, y0 + 2), top, fill="yellow", font=font)
-    draw.text((x0 + TILE // 2 - 4, y0 + TILE - 18), bottom, fill="yellow", font=font)
-    draw.text((x0 + 3, y0 + TILE // 2 - 8), left, fill="yellow", font=font)
-    draw.text((x0 + TILE - 12, y0 + TILE // 2 - 8), right, fill="yellow", font=font)
 
 
 def _finding_caption(finding: Dict[str, Any]) -> str:
@@ -86,7 +73,7 @@ def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, T
         h = int(np.unravel_index(int(np.argmax(cam)), cam.shape)[1])
         gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
         overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
-        ct_row.append((overlay, f"CT cor {h} {captions[output]}", _SLICE_LETTERS["coronal"]))
+        ct_row.append((overlay, f"CT cor {h} {captions[output]}", SLICE_LETTERS["coronal"]))
     return [row for row in (radiograph_row, ct_row) if row]
 
 
@@ -106,7 +93,7 @@ def report_picture(prediction: Prediction) -> Image.Image:
             )
         )
     row2 = [
-        (_tile(_window(image)), f"synthetic CT {name}", _SLICE_LETTERS[name])
+        (_tile(_window(image)), f"synthetic CT {name}", SLICE_LETTERS[name])
         for name, image in three_plane_slices(prediction.volume_hu).items()
     ]
     rows = [row1, row2, *_finding_rows(prediction)]
@@ -127,5 +114,5 @@ def report_picture(prediction: Prediction) -> Image.Image:
             x0 = n * TILE
             draw.text((x0 + 3, y_label + 1), label, fill="white", font=font)
             canvas.paste(tile, (x0, y_label + _LABEL))
-            _letters(draw, x0, y_label + _LABEL, letters, font)
+            draw_orientation_letters(draw, x0, y_label + _LABEL, TILE, letters, font)
     return canvas

@@ -11,22 +11,23 @@ pickle), a JSON sidecar with the weights' sha256 and everything needed to use th
      "training_data": {...}, "metrics": {...validation...}, "training": {...}, "parameters": 6955906}
 
 ``thresholds`` are the operating points chosen on the validation split (Youden's J) and frozen: the
-evaluation on test and ``x2ct predict`` use them as they are. The weights file's safetensors header
-holds one sorted-key JSON entry, so the same weights and metadata give the same bytes.
+evaluation on test and ``x2ct predict`` use them as they are. Both files are written and verified by
+:mod:`x2ct.models.safetensors_io`: the weights file's safetensors header holds one sorted-key JSON entry,
+so the same weights and metadata give the same bytes.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ..atomic import atomic_dir, sha256_file
+from ..atomic import atomic_dir
 from ..errors import InputError, PathLike
 from ..models.checkpoints import load_state_strict, resolve_device
 from ..models.classifiers import ClassifierNet, build_classifier, classifier_config
+from ..models.safetensors_io import read_verified_metadata, read_weights, write_sidecar, write_weights
 
 FORMAT = "x2ct-classifier"
 FORMAT_VERSION = 1
@@ -45,30 +46,22 @@ INPUT_SPEC = {
 def save_classifier(net: ClassifierNet, target: PathLike, **metadata: Any) -> Path:
     """Write ``net`` into the folder ``target`` (replaced whole, atomically) with ``metadata`` merged into the
     JSON (``task``, ``outputs``, ``inputs``, ``input_sizes``, ``thresholds``, ...). Returns the JSON path."""
-    from safetensors.torch import save_file
-
     config = classifier_config(net)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    header = json.dumps(
-        {"format": FORMAT, "format_version": FORMAT_VERSION, "classifier_config": config},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "classifier_config": config}
     target = Path(target)
     with atomic_dir(target) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"x2ct": header})
         document: Dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "weights_file": WEIGHTS,
-            "sha256": sha256_file(tmp / WEIGHTS),
+            "sha256": write_weights(net, tmp / WEIGHTS, header),
             "classifier_config": config,
             "arch": net.arch,
             "parameters": sum(p.numel() for p in net.parameters()),
             "input_spec": {key: INPUT_SPEC[key] for key in net.inputs},
             **metadata,
         }
-        (tmp / METADATA).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_sidecar(tmp / METADATA, document)
     return target / METADATA
 
 
@@ -83,24 +76,10 @@ def metadata_path(path: PathLike) -> Path:
 
 def read_metadata(path: PathLike) -> Dict[str, Any]:
     """The verified metadata of a classifier (InputError when missing, not ours, or the weights' sha256 differs)."""
-    meta_path = metadata_path(path)
     if not Path(path).exists():
         raise InputError(path, "no such file or folder")
-    if not meta_path.is_file():
-        raise InputError(meta_path, "classifier metadata missing (a model folder holds model.safetensors + model.json)")
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(meta_path, f"unreadable classifier metadata ({err})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise InputError(meta_path, f"not an {FORMAT} metadata file")
-    weights = meta_path.parent / str(metadata.get("weights_file", WEIGHTS))
-    if not weights.is_file():
-        raise InputError(weights, "weights file missing")
-    actual = sha256_file(weights)
-    if actual != metadata.get("sha256"):
-        expected = str(metadata.get("sha256"))[:12]
-        raise InputError(weights, f"sha256 mismatch (file {actual[:12]}…, metadata {expected}…): corrupted or replaced")
+    meta_path = metadata_path(path)
+    metadata, weights = read_verified_metadata(meta_path, FORMAT, WEIGHTS)
     return dict(metadata, path=str(meta_path.parent), weights_path=str(weights))
 
 
@@ -109,20 +88,14 @@ def load_classifier(path: PathLike, device: Union[str, torch.device] = "cpu") ->
 
     ``path``: the model folder, its ``model.json`` / ``model.safetensors``, or a training run folder.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     metadata = read_metadata(path)
     meta_path = Path(metadata["path"]) / METADATA
     try:
         net = build_classifier(**metadata["classifier_config"])
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(meta_path, f"bad classifier description ({' '.join(str(err).split())})") from None
-    try:
-        state = load_file(metadata["weights_path"])
-    except (SafetensorError, OSError) as err:
-        raise InputError(metadata["weights_path"], f"unreadable safetensors file ({err})") from None
-    load_state_strict(net, state, metadata["weights_path"])
+    weights = metadata["weights_path"]
+    load_state_strict(net, read_weights(weights), weights)
     net.metadata = metadata
     return net.to(resolve_device(device)).eval(), metadata
 

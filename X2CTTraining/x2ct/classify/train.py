@@ -47,11 +47,11 @@ from ..data.loader import read_manifest
 from ..errors import InputError
 from ..models.checkpoints import resolve_device
 from ..models.classifiers import ClassifierNet, build_classifier
-from ..train.config import config_differences
 from ..train.generator import (
     SCALARS,
     ScalarLog,
     epoch_order,
+    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -59,7 +59,7 @@ from ..train.generator import (
 )
 from .augment import rotate_batch, rotation_angles
 from .checkpoint import save_classifier
-from .config import RESUMABLE_KEYS, ClassifierConfig, config_from_dict
+from .config import SETTINGS, ClassifierConfig
 from .data import REAL_CT, ClassifierDataset, collate
 from .evaluate import predict_logits, require_eval_extra
 from .tasks import LabelTable, Task, get_task, read_labels
@@ -101,17 +101,6 @@ def batch_slices(n: int, batch_size: int) -> List[Tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
-
-
-def load_train_checkpoint(path: Path, device: torch.device) -> Dict[str, Any]:
-    """A classifier training checkpoint, loaded with ``weights_only=True`` (InputError when it is not one)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file for the user
-        raise InputError(path, f"not a readable training checkpoint ({' '.join(str(err).split())[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not an x2ct classifier training checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return state
 
 
 def build_network(config: ClassifierConfig, task: Task) -> Tuple[ClassifierNet, Tuple[str, ...]]:
@@ -248,17 +237,10 @@ def _train(config: ClassifierConfig, resume: bool, log: Log) -> ClassifierTrainR
     log(f"task {task.name}: {labels.summary()}")
 
     state: Optional[Dict[str, Any]] = (
-        load_train_checkpoint(last, torch.device("cpu")) if resume and last.is_file() else None
+        load_checkpoint(last, "cpu", CHECKPOINT_FORMAT) if resume and last.is_file() else None
     )
     if state is not None:
-        diff = config_differences(config_from_dict(state["config"]), config, ignore=sorted(RESUMABLE_KEYS))
-        if diff:
-            key, (old, new) = next(iter(diff.items()))
-            raise InputError(
-                out,
-                f"holds a run with {key}={old!r}, not {new!r}; resume with the same settings "
-                "or choose a new run folder",
-            )
+        SETTINGS.check_resume(state["config"], config, out)
         if state["cases"] != {"train": train_set.case_ids, "val": val_set.case_ids}:
             raise InputError(labels.path, f"gives other training or validation cases than the run {out} started with")
 

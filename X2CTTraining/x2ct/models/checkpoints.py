@@ -16,13 +16,12 @@ which is verified on every load, and everything needed to use the model correctl
      "intensity": {...output [0,1] <-> HU...}, "output_order": "...", "training_data": ..., "metrics": ...,
      "source": {...provenance...}}
 
-The sidecar is written with sorted keys, and the safetensors header's ``__metadata__`` holds a single
-entry, ``"x2ct"``: a sorted-key JSON string of format, format_version, architecture and
-hyperparameters. The library keeps ``__metadata__`` in a hash map whose order changes from one save to
-the next, so a single entry is what makes saving the same weights and metadata twice give identical
-bytes (and sha256). Files written before this change have two entries (``format``, ``architecture``)
-in varying order. Loading never reads the header metadata, so those files still load and still match
-their recorded sha256.
+Both files are written and read by :mod:`x2ct.models.safetensors_io` (shared with the classifiers):
+the sidecar with sorted keys, the safetensors header's ``__metadata__`` as a single entry, ``"x2ct"``:
+a sorted-key JSON string of format, format_version, architecture and hyperparameters, so saving the
+same weights and metadata twice gives identical bytes (and sha256). Files written before this change
+have two entries (``format``, ``architecture``) in varying order. Loading never reads the header
+metadata, so those files still load and still match their recorded sha256.
 
 Every problem with a file (unreadable, not a checkpoint, unsafe pickle, wrong keys or shapes, hash
 mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming the file.
@@ -30,7 +29,6 @@ mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
@@ -38,18 +36,18 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor, nn
 
-from ..atomic import atomic_path, sha256_file, write_text_atomic
+from ..atomic import sha256_file
 from ..errors import InputError, PathLike
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..resources import resources_dir
+from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
+from .safetensors_io import read_verified_metadata, read_weights, write_sidecar, write_weights
 from .x2ct_gan import GeneratorConfig, X2CTBiplanar, X2CTSingleView
 
 Generator = Union[X2CTSingleView, X2CTBiplanar]
 
 FORMAT = "x2ct-generator"
 FORMAT_VERSION = 1
-HEADER_KEY = "x2ct"
-"""The one key of the safetensors ``__metadata__`` we write (see :func:`weights_header_metadata`)."""
 ARCHITECTURES: Dict[str, Type[nn.Module]] = {
     X2CTBiplanar.architecture: X2CTBiplanar,
     X2CTSingleView.architecture: X2CTSingleView,
@@ -206,19 +204,14 @@ def _our_paths(path: Path) -> Tuple[Path, Path]:
     return path, path.with_suffix(".json")
 
 
-def weights_header_metadata(model: Generator) -> Dict[str, str]:
-    """The safetensors ``__metadata__`` of our weights files: one ``"x2ct"`` entry, a sorted-key JSON string.
-
-    One entry, because safetensors serialises ``__metadata__`` from a hash map in an order that varies
-    between saves; a single key keeps the file bytes reproducible.
-    """
-    header = {
+def weights_header(model: Generator) -> Dict[str, Any]:
+    """What the safetensors header of a generator's weights file records (its one ``"x2ct"`` entry)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": model.architecture,
         "hyperparameters": model.config.to_dict(),
     }
-    return {HEADER_KEY: json.dumps(header, sort_keys=True, separators=(",", ":"))}
 
 
 def save_generator(
@@ -238,22 +231,18 @@ def save_generator(
     atomically, weights first, so a crash never leaves a JSON whose hash matches partial weights.
     Both are byte-reproducible: the same weights and metadata (in any dict order) give the same bytes.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_path)
     if out.suffix == ".safetensors":
         weights, meta_path = out, out.with_suffix(".json")
     else:
         out.mkdir(parents=True, exist_ok=True)
         weights, meta_path = out / "model.safetensors", out / "model.json"
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata=weights_header_metadata(model))
+    sha256 = write_weights(model, weights, weights_header(model))
     metadata: Dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "weights_file": weights.name,
-        "sha256": sha256_file(weights),
+        "sha256": sha256,
         "architecture": model.architecture,
         "hyperparameters": model.config.to_dict(),
         "grid_size": model.config.grid_size,
@@ -267,41 +256,20 @@ def save_generator(
         "source": dict(source) if source is not None else None,
     }
     metadata.update(extra or {})
-    write_text_atomic(meta_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    write_sidecar(meta_path, metadata)
     return meta_path
 
 
 def load_ours(path: PathLike) -> Tuple[Generator, Dict[str, Any]]:
     """(generator in training mode on CPU, metadata) from our format; the sha256 is verified first."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, meta_path = _our_paths(Path(path))
-    if not meta_path.is_file():
-        raise InputError(meta_path, "metadata file missing (our checkpoints are <name>.safetensors + <name>.json)")
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(meta_path, f"unreadable checkpoint metadata ({err})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise InputError(meta_path, f"not an {FORMAT} metadata file")
-    weights = meta_path.parent / metadata.get("weights_file", weights.name)
-    if not weights.is_file():
-        raise InputError(weights, "weights file missing")
-    actual = sha256_file(weights)
-    if actual != metadata.get("sha256"):
-        expected = str(metadata.get("sha256"))[:12]
-        raise InputError(weights, f"sha256 mismatch (file {actual[:12]}…, metadata {expected}…): corrupted or replaced")
+    metadata, weights = read_verified_metadata(meta_path, FORMAT, weights.name)
     try:
         config = GeneratorConfig(**metadata["hyperparameters"])
         model = build_generator(metadata["architecture"], config)
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(meta_path, f"bad architecture description ({err})") from None
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
-        raise InputError(weights, f"unreadable safetensors file ({err})") from None
-    load_state_strict(model, state, weights)
+    load_state_strict(model, read_weights(weights), weights)
     return model, metadata
 
 

@@ -48,7 +48,7 @@ from ..errors import InputError
 from ..losses import LossWeights, discriminator_loss, generator_loss
 from ..models.checkpoints import resolve_device
 from ..models.x2ct_gan import GeneratorConfig, PatchDiscriminator3D, X2CTBiplanar, X2CTSingleView
-from .config import RESUMABLE_KEYS, TrainConfig, config_differences, config_from_dict
+from .config import SETTINGS, TrainConfig, config_from_dict
 
 CHECKPOINT_FORMAT = "x2ct-train-checkpoint/1"
 """``format`` entry of our training checkpoints."""
@@ -205,14 +205,18 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """A training checkpoint, loaded with ``weights_only=True`` (InputError when it is not one of ours)."""
+def load_checkpoint(
+    path: Path, device: Union[str, torch.device] = "cpu", expected_format: str = CHECKPOINT_FORMAT
+) -> Dict[str, Any]:
+    """A training checkpoint whose ``format`` entry is ``expected_format`` (the generator's by default; the
+    classifier's is x2ct.classify.train.CHECKPOINT_FORMAT), loaded with ``weights_only=True``.
+    InputError when it is not one."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file for the user
         raise InputError(path, f"not a readable training checkpoint ({' '.join(str(err).split())[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not an x2ct training checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise InputError(path, f"not an x2ct training checkpoint (expected format {expected_format})")
     return state
 
 
@@ -299,15 +303,7 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
     resume = ckpt_dir / LAST
     state: Optional[Dict[str, Any]] = load_checkpoint(resume) if resume.is_file() else None
     if state is not None:
-        saved = config_from_dict(state["config"])
-        diff = config_differences(saved, config, ignore=sorted(RESUMABLE_KEYS))
-        if diff:
-            key, (old, new) = next(iter(diff.items()))
-            raise InputError(
-                out,
-                f"holds a run with {key}={old!r}, not {new!r}; resume with the same settings "
-                "or choose a new run folder",
-            )
+        SETTINGS.check_resume(state["config"], config, out)
 
     if config.threads:
         torch.set_num_threads(config.threads)
