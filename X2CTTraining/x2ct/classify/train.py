@@ -52,9 +52,11 @@ from ..train.generator import (
     ScalarLog,
     epoch_order,
     load_checkpoint,
-    rng_state,
+    position_record,
+    restore_position,
     save_checkpoint,
-    set_rng_state,
+    start_position,
+    start_run_folder,
     tensorboard_writer,
 )
 from .augment import rotate_batch, rotation_angles
@@ -258,41 +260,38 @@ def _train(config: ClassifierConfig, resume: bool, log: Log) -> ClassifierTrainR
 
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    epoch, step_in_epoch, global_step, seconds = 0, 0, 0, 0.0
-    order = epoch_order(config.seed, 0, n)
+    epoch, step_in_epoch, global_step, seconds, order = start_position(config.seed, n)
     best: Dict[str, Any] = {"epoch": None, "mean_auc": -math.inf, "val_loss": math.inf, "state": None}
     history: List[Dict[str, Any]] = []
     if state is not None:
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        seconds, order, history = state["seconds"], state["order"], json.loads(state["history"])
+        history = json.loads(state["history"])
         best = {**json.loads(state["best"]), "state": state["best_state"]}
-        set_rng_state(state["rng"])
-        log(f"resuming {out} at epoch {epoch + 1}/{config.epochs}, step {global_step}/{total_steps}")
+        position = restore_position(state, out, config.epochs, total_steps, log)
+        epoch, step_in_epoch, global_step, seconds, order = position
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        start_run_folder(out, config)
 
     def checkpoint(next_epoch: int, next_step: int, next_order: torch.Tensor) -> None:
         save_checkpoint(
             last,
             {
-                "format": CHECKPOINT_FORMAT,
-                "x2ct_version": __version__,
-                "config": config.to_dict(),
-                "epoch": next_epoch,
-                "step_in_epoch": next_step,
-                "global_step": global_step,
-                "seconds": seconds + (time.perf_counter() - started),
-                "order": next_order,
+                **position_record(
+                    CHECKPOINT_FORMAT,
+                    config,
+                    next_epoch,
+                    next_step,
+                    global_step,
+                    seconds + (time.perf_counter() - started),
+                    next_order,
+                ),
                 "cases": {"train": train_set.case_ids, "val": val_set.case_ids},
                 "net": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "best": json.dumps({k: v for k, v in best.items() if k != "state"}),
                 "best_state": best["state"],
                 "history": json.dumps(history),
-                "rng": rng_state(),
             },
         )
 

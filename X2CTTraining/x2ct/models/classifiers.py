@@ -318,10 +318,12 @@ class DenseNet2d(ClassifierNet):
 
     ``batch["pa"]`` (N, 1, S, S) in [0, 1] -> logits (N, K). Head: ReLU'd final features, global average
     pooling, dropout ``dropout``, linear. S >= 29 for four blocks (see :class:`DenseNetEncoder`).
+    :class:`DenseNet3d` is the same network on the CT (``spatial_dims`` and the input key differ).
     """
 
     arch = "densenet2d"
     inputs = ("pa",)
+    spatial_dims = 2
 
     def __init__(
         self,
@@ -336,19 +338,19 @@ class DenseNet2d(ClassifierNet):
             num_outputs,
             dict(init_features=init_features, growth_rate=growth_rate, block_config=block_config, dropout=dropout),
         )
-        self.encoder = DenseNetEncoder(2, 1, init_features, growth_rate, block_config)
+        self.encoder = DenseNetEncoder(self.spatial_dims, 1, init_features, growth_rate, block_config)
         self.head = LinearHead(self.encoder.out_channels, num_outputs, dropout)
 
     @property
     def cam_layers(self) -> Dict[str, nn.Module]:
-        return {"pa": self.encoder.cam_layer}
+        return {self.inputs[0]: self.encoder.cam_layer}
 
     @property
     def cam_shifts(self) -> Dict[str, float]:
-        return {"pa": DenseNetEncoder.CAM_SHIFT}
+        return {self.inputs[0]: DenseNetEncoder.CAM_SHIFT}
 
     def forward(self, batch: Batch) -> Tensor:
-        return self.head(_global_pool(self.encoder(_take(batch, "pa", 2, self.arch))))
+        return self.head(_global_pool(self.encoder(_take(batch, self.inputs[0], self.spatial_dims, self.arch))))
 
 
 class HeMISDenseNet2d(ClassifierNet):
@@ -489,7 +491,7 @@ def _slab_cam(cam: Tensor, slab_shape: Tuple[int, int, int]) -> Tensor:
     return resample_map(cam, slab_shape).amax(dim=1)
 
 
-class DenseNet3d(ClassifierNet):
+class DenseNet3d(DenseNet2d):
     """``densenet3d``: DenseNet-121 3D (MONAI, ``spatial_dims=3``) on the whole CT.
 
     ``batch["ct"]`` (N, 1, D, H, W) -> logits (N, K); head as :class:`DenseNet2d`. Edges >= 29 voxels
@@ -498,33 +500,7 @@ class DenseNet3d(ClassifierNet):
 
     arch = "densenet3d"
     inputs = ("ct",)
-
-    def __init__(
-        self,
-        num_outputs: int,
-        *,
-        init_features: int = 64,
-        growth_rate: int = 32,
-        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            num_outputs,
-            dict(init_features=init_features, growth_rate=growth_rate, block_config=block_config, dropout=dropout),
-        )
-        self.encoder = DenseNetEncoder(3, 1, init_features, growth_rate, block_config)
-        self.head = LinearHead(self.encoder.out_channels, num_outputs, dropout)
-
-    @property
-    def cam_layers(self) -> Dict[str, nn.Module]:
-        return {"ct": self.encoder.cam_layer}
-
-    @property
-    def cam_shifts(self) -> Dict[str, float]:
-        return {"ct": DenseNetEncoder.CAM_SHIFT}
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.head(_global_pool(self.encoder(_take(batch, "ct", 3, self.arch))))
+    spatial_dims = 3
 
 
 class ConcatCNN3d(ClassifierNet):

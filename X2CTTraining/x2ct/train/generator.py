@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -220,6 +220,47 @@ def load_checkpoint(
     return state
 
 
+LoopPosition = Tuple[int, int, int, float, torch.Tensor]
+"""Where a resumable training loop stands: (epoch, step in epoch, global step, seconds trained, epoch order)."""
+
+
+def start_position(seed: int, n: int) -> LoopPosition:
+    """The position of a new run: epoch 0, step 0, and epoch 0's case order."""
+    return 0, 0, 0, 0.0, epoch_order(seed, 0, n)
+
+
+def restore_position(state: Mapping[str, Any], out: Path, epochs: int, total_steps: int, log: Log) -> LoopPosition:
+    """The position stored in a training checkpoint; also restores every RNG and says where it resumes."""
+    set_rng_state(state["rng"])
+    epoch, global_step = state["epoch"], state["global_step"]
+    log(f"resuming {out} at epoch {epoch + 1}/{epochs}, step {global_step}/{total_steps}")
+    return epoch, state["step_in_epoch"], global_step, state["seconds"], state["order"]
+
+
+def position_record(
+    checkpoint_format: str, config: Any, epoch: int, step_in_epoch: int, global_step: int, seconds: float,
+    order: torch.Tensor,
+) -> Dict[str, Any]:  # fmt: skip
+    """The entries every training checkpoint starts with (format, version, settings, position, RNG states)."""
+    return {
+        "format": checkpoint_format,
+        "x2ct_version": __version__,
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "global_step": global_step,
+        "seconds": seconds,
+        "order": order,
+        "rng": rng_state(),
+    }
+
+
+def start_run_folder(out: Path, config: Any) -> None:
+    """Create a new run folder with its ``config.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+
+
 def generator_from_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The generator of a training checkpoint, on ``device``, in eval mode."""
     state = load_checkpoint(path, device)
@@ -343,8 +384,7 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
     scaler_D = torch.amp.GradScaler(device.type, enabled=amp)
     weights = LossWeights(config.gan_weight, config.recon_weight, config.projection_weight)
 
-    epoch, step_in_epoch, global_step, seconds = 0, 0, 0, 0.0
-    order = epoch_order(config.seed, 0, n)
+    epoch, step_in_epoch, global_step, seconds, order = start_position(config.seed, n)
     if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -352,26 +392,24 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
         opt_D.load_state_dict(state["opt_D"])
         scaler_G.load_state_dict(state["scaler_G"])
         scaler_D.load_state_dict(state["scaler_D"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        seconds, order = state["seconds"], state["order"]
-        set_rng_state(state["rng"])
-        log(f"resuming {out} at epoch {epoch + 1}/{config.epochs}, step {global_step}/{total_steps}")
+        position = restore_position(state, out, config.epochs, total_steps, log)
+        epoch, step_in_epoch, global_step, seconds, order = position
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        start_run_folder(out, config)
 
     def checkpoint(next_epoch: int, next_step: int, next_order: torch.Tensor) -> None:
         save_checkpoint(
             resume,
             {
-                "format": CHECKPOINT_FORMAT,
-                "x2ct_version": __version__,
-                "config": config.to_dict(),
-                "epoch": next_epoch,
-                "step_in_epoch": next_step,
-                "global_step": global_step,
-                "seconds": seconds + (time.perf_counter() - started),
-                "order": next_order,
+                **position_record(
+                    CHECKPOINT_FORMAT,
+                    config,
+                    next_epoch,
+                    next_step,
+                    global_step,
+                    seconds + (time.perf_counter() - started),
+                    next_order,
+                ),
                 "train_cases": train_set.case_ids,
                 "G": G.state_dict(),
                 "D": D.state_dict(),
@@ -379,7 +417,6 @@ def _train(config: TrainConfig, log: Log) -> TrainResult:
                 "opt_D": opt_D.state_dict(),
                 "scaler_G": scaler_G.state_dict(),
                 "scaler_D": scaler_D.state_dict(),
-                "rng": rng_state(),
             },
         )
 
