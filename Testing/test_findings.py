@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from test_predict import LATERAL_PNG, PA_PNG, RADIOGRAPHS, run, save_tiny
+from test_predict import LATERAL_PNG, PA_PNG, make_resources, run
 from x2ct.classify.checkpoint import save_classifier
 from x2ct.findings import bundled_classifier_names, to_radiograph_frame
 from x2ct.io import read_radiograph
@@ -53,11 +53,7 @@ def save_tiny_classifier(folder: Path, arch: str, task: str, outputs: Dict[str, 
 @pytest.fixture(scope="module")
 def resources(tmp_path_factory) -> Iterator[Path]:
     """Resources with tiny generators and two tiny classifiers: PA+CT (tb) and PA+lateral (pe)."""
-    root = tmp_path_factory.mktemp("Resources")
-    (root / "SampleData").mkdir()
-    (root / "SampleData" / "radiographs").symlink_to(RADIOGRAPHS)
-    for kind in ("biplanar", "singleview"):
-        save_tiny(kind, root / "Models" / f"x2ct-demo-{kind}")
+    root = make_resources(tmp_path_factory.mktemp("Resources"))
     classifiers = root / "Classifiers"
     save_tiny_classifier(
         classifiers / "tiny-tb", "concat-cnn3d-2slice", "tb", {"tb_present": TB_THRESHOLD}, {"pa": 64, "ct": 64}

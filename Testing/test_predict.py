@@ -42,14 +42,19 @@ def save_tiny(kind: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def resources(tmp_path_factory) -> Iterator[Path]:
-    """A Resources folder with the sample radiographs and tiny models named like the demo models."""
-    root = tmp_path_factory.mktemp("Resources")
+def make_resources(root: Path) -> Path:
+    """Fill ``root`` as a Resources folder: the sample radiographs and tiny models named like the demo models."""
     (root / "SampleData").mkdir()
     (root / "SampleData" / "radiographs").symlink_to(RADIOGRAPHS)
     for kind in ("biplanar", "singleview"):
         save_tiny(kind, root / "Models" / f"x2ct-demo-{kind}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory) -> Iterator[Path]:
+    """A Resources folder with the sample radiographs and tiny models named like the demo models."""
+    root = make_resources(tmp_path_factory.mktemp("Resources"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RESOURCES_ENV, str(root))
         yield root
