@@ -5,7 +5,8 @@ the .ui in which Slicer's and CTK's widgets are replaced by the plain Qt widgets
 look like (qMRMLWidget -> QWidget, ctkCollapsibleButton -> QGroupBox, qMRMLNodeComboBox -> QComboBox,
 ctkSliderWidget -> QSlider, qMRMLTableView -> QTableWidget). The widgets are then filled as the
 module fills them after a run: node names, the bundled model names, and the re-projection scores
-of a real ``summary.json`` written by ``x2ct predict`` (or the Slicer batch script).
+of a real ``summary.json`` written by ``x2ct predict`` (or the Slicer batch script), and the findings
+table from the ``findings.json`` next to it.
 
     pip install PySide6-Essentials          # in its own environment, not the project's
     x2ct predict --pa Resources/SampleData/radiographs/pa.png \\
@@ -75,10 +76,19 @@ def consistencyLines(summary: Optional[Dict]) -> str:
     return "\n".join(lines)
 
 
-def render(output: Path, summary: Optional[Dict], width: int = 380) -> None:
+def render(output: Path, summary: Optional[Dict], findings_document: Optional[Dict] = None, width: int = 380) -> None:
     from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt
     from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication, QComboBox, QLabel, QProgressBar, QPushButton, QSlider, QTableWidget
+    from PySide6.QtWidgets import (
+        QApplication,
+        QComboBox,
+        QLabel,
+        QProgressBar,
+        QPushButton,
+        QSlider,
+        QTableWidget,
+        QTableWidgetItem,
+    )
 
     app = QApplication.instance() or QApplication([])
     data = QByteArray(plainQtUi(UI_FILE.read_text(encoding="utf-8")).encode("utf-8"))
@@ -103,15 +113,23 @@ def render(output: Path, summary: Optional[Dict], width: int = 380) -> None:
     child(QPushButton, "applyButton").setEnabled(True)
     child(QProgressBar, "progressBar").hide()
     child(QPushButton, "cancelButton").hide()
+    findings = (findings_document or {}).get("findings", [])
     if summary:
         child(QLabel, "statusLabel").setText(f"Done: SYNTHETIC CT ({model})")
         child(QLabel, "consistencyLabel").setText(consistencyLines(summary))
-        child(QLabel, "findingsLabel").setText("No classifier ran for this model: no findings.")
+        child(QLabel, "findingsLabel").setText("" if findings else "No classifier ran for this model: no findings.")
     table = child(QTableWidget, "findingsTableView")
     columns = ["label", "probability", "threshold", "call", "output", "task"]
     table.setColumnCount(len(columns))
     table.setHorizontalHeaderLabels(columns)
-    table.setFixedHeight(70)
+    table.setRowCount(len(findings))
+    for row, finding in enumerate(findings):
+        for column, key in enumerate(columns):
+            table.setItem(row, column, QTableWidgetItem(str(finding[key])))
+    table.resizeColumnsToContents()
+    table.setFixedHeight(70 + 24 * len(findings))
+    for finding in findings:
+        child(QComboBox, "heatMapOutputComboBox").addItem(finding["output"])
     child(QComboBox, "heatMapOverComboBox").addItem("over the synthetic CT")
     for name, value in (("heatMapOpacitySlider", 40), ("heatMapThresholdSlider", 30)):
         slider = child(QSlider, name)
@@ -132,7 +150,10 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, help="summary.json of an x2ct prediction, to fill the results")
     args = parser.parse_args()
     summary = json.loads(args.summary.read_text(encoding="utf-8")) if args.summary else None
-    render(args.output, summary)
+    findings = None
+    if args.summary and (args.summary.parent / "findings.json").is_file():
+        findings = json.loads((args.summary.parent / "findings.json").read_text(encoding="utf-8"))
+    render(args.output, summary, findings)
     print(f"wrote {args.output}")
 
 
