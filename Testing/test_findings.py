@@ -175,3 +175,13 @@ def test_predict_api_fills_findings_and_maps_on_the_outputs_grids(resources: Pat
     assert prediction.cams["pa"]["tb_present"].shape == prediction.views["PA"].radiograph.pixels.shape
     assert "classifiers" in prediction.timings_s
     assert predict(model, PA_PNG, LATERAL_PNG).findings == []
+
+
+def test_report_shows_the_coronal_slice_of_the_map_peak_or_the_central_one():
+    from x2ct.report import _peak_coronal_index
+
+    cam = np.zeros((8, 16, 8), dtype=np.float32)
+    cam[3, 11, 5] = 1.0
+    assert _peak_coronal_index(cam) == 11
+    two_slice = np.repeat(np.random.default_rng(0).random((8, 1, 8)), 16, axis=1)  # the same on every H slice
+    assert _peak_coronal_index(two_slice) == 8

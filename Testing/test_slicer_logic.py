@@ -89,7 +89,10 @@ def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
     results = logic.process(pa, lateral, device="cpu", waitForCompletion=True)
     assert results.prediction.model.name == "x2ct-demo-biplanar"
     selftest.checkSyntheticCT(fake, results)
-    selftest.checkFindingsTable(results, [])
+    selftest.checkFindingsTable(results, results.prediction.findings)
+    outputs = sorted(f["output"] for f in results.prediction.findings)  # the bundled demo classifiers
+    assert outputs == ["pe_present", "tb_active", "tb_calcification", "tb_cavitation", "tb_granuloma", "tb_present"]
+    assert results.heatMapOutputs == outputs and set(results.heatMaps) == {"ct", "pa"}
     assert fake.app.layoutManager().layout == fake.vtkMRMLLayoutNode.SlicerLayoutFourUpView
     rendering = fake.mrmlScene.GetFirstNodeByClass("vtkMRMLVolumeRenderingDisplayNode")
     assert rendering.volumeNodeID == results.ctVolume.GetID() and rendering.GetVisibility() == 1

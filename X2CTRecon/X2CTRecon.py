@@ -976,7 +976,7 @@ class X2CTReconTest(ScriptedLoadableModuleTest):
         paVolume, lateralVolume = self._loadSamples()
         results = logic.process(paVolume, lateralVolume, device="cpu", waitForCompletion=True)
         selftest.checkSyntheticCT(slicer, results)
-        selftest.checkFindingsTable(results, [])
+        selftest.checkFindingsTable(results, results.prediction.findings)
 
         prediction = selftest.addStandInClassifierOutputs(results.prediction)
         results = logic.showPrediction(prediction, paVolume, lateralVolume, heatMapThreshold=0.25)

@@ -33,10 +33,11 @@ def _scrub(value: Any, work: Path) -> Any:
     if isinstance(value, list):
         return [_scrub(v, work) for v in value]
     if isinstance(value, str) and value.startswith("/"):
-        path = Path(value)
-        for root, name in ((work, "WORK"), (REPO, "REPO")):
+        path = Path(value).resolve()
+        links = [(child.resolve(), f"WORK/{child.name}") for child in work.iterdir() if child.is_symlink()]
+        for root, name in (*links, (work.resolve(), "WORK"), (REPO, "REPO")):
             try:
-                return f"{name}/{path.resolve().relative_to(root.resolve())}"
+                return f"{name}/{path.relative_to(root)}".rstrip("/.")
             except ValueError:
                 continue
         return "(a local path)"

@@ -216,4 +216,5 @@ def checkBackgroundRecord(record: Dict[str, Any], cancelled: bool) -> None:
         assert record["error"] is None, repr(record["error"])
         assert record["results"] is not None and "SYNTHETIC" in record["results"].ctVolume.GetName()
         assert fractions[-1] == 1.0 and len(fractions) >= 4, record["progress"]
-        assert record["volumesAfter"] == record["volumesBefore"] + 1
+        heatMaps = sum(len(maps) for maps in record["results"].heatMaps.values())
+        assert record["volumesAfter"] == record["volumesBefore"] + 1 + heatMaps, "one CT plus its heat maps"

@@ -10,7 +10,8 @@ Layout (tiles of ``TILE`` pixels)::
     row 4 (when classifiers ran): per finding with a CT map, its Grad-CAM over the coronal synthetic-CT
            slice through the map's peak
 
-Finding labels read ``output  p=0.73 (thr 0.41) POS``; heat maps use x2ct.gradcam.cam_overlay_rgb.
+Finding labels read ``tb_present 0.73 >= 0.41 POS`` (probability, frozen threshold, call); CT tiles name
+the coronal slice (``h32`` = H index 32); heat maps use x2ct.gradcam.cam_overlay_rgb.
 
 Radiographs are shown in their display convention (x2ct.views): PA with the patient's right on the
 image left, lateral with anterior on the left, superior up. Slices follow x2ct.preview's radiological
@@ -55,8 +56,16 @@ def _window(slice_hu: np.ndarray, window: Tuple[float, float] = DEFAULT_WINDOW_H
 
 
 def _finding_caption(finding: Dict[str, Any]) -> str:
-    call = "POS" if finding["call"] == "positive" else "neg"
-    return f"{finding['output']} p={finding['probability']:.2f} (thr {finding['threshold']:.2f}) {call}"
+    positive = finding["call"] == "positive"
+    relation, call = (">=", "POS") if positive else ("<", "neg")
+    return f"{finding['output']} {finding['probability']:.2f} {relation} {finding['threshold']:.2f} {call}"
+
+
+def _peak_coronal_index(cam: np.ndarray) -> int:
+    """The coronal slice (H index) holding the map's peak; the central one when the map is the same on
+    every coronal slice (two-slice classifiers see only the central slices)."""
+    per_slice = cam.max(axis=(0, 2))
+    return cam.shape[1] // 2 if np.ptp(per_slice) == 0 else int(np.argmax(per_slice))
 
 
 def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, Tuple[str, str, str, str]]]]:
@@ -70,10 +79,10 @@ def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, T
             radiograph_row.append((overlay, f"{view} {captions[output]}", _RADIOGRAPH_LETTERS[view]))
     ct_row = []
     for output, cam in prediction.cams.get("ct", {}).items():
-        h = int(np.unravel_index(int(np.argmax(cam)), cam.shape)[1])
+        h = _peak_coronal_index(cam)
         gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
         overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
-        ct_row.append((overlay, f"CT cor {h} {captions[output]}", SLICE_LETTERS["coronal"]))
+        ct_row.append((overlay, f"CT h{h} {captions[output]}", SLICE_LETTERS["coronal"]))
     return [row for row in (radiograph_row, ct_row) if row]
 
 
