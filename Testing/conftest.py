@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "Resources" / "SampleData"
@@ -34,3 +35,13 @@ def structures() -> Dict[str, int]:
     """Label name -> label value, e.g. structures['heart'] == 51."""
     with open(SAMPLE_DIR / "structures.csv", newline="") as fh:
         return {row["structure"]: int(row["id"]) for row in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module: tiny networks run thousands of small ops, and two-thread
+    OpenMP kernels stall on a busy shared CPU. Modules opt in with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,6 +15,8 @@ from torch import Tensor
 from x2ct.models import CLASSIFIER_ARCHS, build_classifier, classifier_config
 from x2ct.models.classifiers import central_coronal_slab
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 S = 16
 CT = (32, 32, 32)
 DENSE_TINY: Dict[str, Any] = dict(init_features=8, growth_rate=4, block_config=(2, 2))
@@ -30,13 +32,6 @@ TINY: Dict[str, Dict[str, Any]] = {
 }
 K = 3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(arch: str, seed: int = 0, **extra: Any):

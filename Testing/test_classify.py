@@ -43,6 +43,8 @@ from x2ct.intensity import unit_to_hu
 from x2ct.models import GeneratorConfig, X2CTSingleView, save_generator
 from x2ct.views import PA
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPLITS = {
     "train": {"synth-s5-00000": 0, "synth-s5-00001": 0, "synth-s5-00002": 1, "synth-s5-00003": 1},
     "val": {"synth-s5-00004": 0, "synth-s5-00006": 0, "synth-s5-00005": 1, "synth-s5-00007": 1},
@@ -113,13 +115,6 @@ def read_csv(path: Path) -> List[Dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

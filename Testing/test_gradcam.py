@@ -17,20 +17,12 @@ import torch
 from scipy import ndimage
 from torch import Tensor, nn
 
+from test_classifiers import TINY
 from x2ct.gradcam import cam_overlay_rgb, cam_volume_image, grad_cam
 from x2ct.models import CLASSIFIER_ARCHS, build_classifier
 
-DENSE_TINY = dict(init_features=4, growth_rate=4, block_config=(2, 2))
-TINY = {
-    "densenet2d": DENSE_TINY,
-    "hemis-densenet2d": DENSE_TINY,
-    "cnn3d": dict(width=0.125),
-    "cnn3d-2slice": dict(width=0.125),
-    "densenet3d": DENSE_TINY,
-    "concat-cnn3d": dict(width=0.125),
-    "concat-cnn3d-2slice": dict(width=0.125),
-    "late-fusion": dict(width=0.125, **DENSE_TINY),
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EXPECTED_KEYS = {
     "densenet2d": {"pa"},
     "hemis-densenet2d": {"pa", "lateral"},
@@ -43,13 +35,6 @@ EXPECTED_KEYS = {
 }
 S, CT = 16, (32, 32, 32)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(arch: str, num_outputs: int = 2, **extra):

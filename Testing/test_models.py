@@ -42,17 +42,11 @@ from x2ct.models.checkpoints import (
 )
 from x2ct.models.fast_ops import conv3d_fft, conv_transpose_subpixel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = Path(__file__).resolve().parent / "data"
 TINY = GeneratorConfig(grid_size=64, width=0.125)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks run thousands of small ops: one thread avoids OpenMP barrier stalls on busy machines."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def read_manifest(name: str) -> OrderedDict[str, Tuple[int, ...]]:

@@ -18,20 +18,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "X2CTRecon"
 MODULE_NAMES = ("X2CTRecon", "X2CTReconLib", "X2CTReconLib.background", "X2CTReconLib.dependencies",
                 "X2CTReconLib.results", "X2CTReconLib.selftest", "x2ct_batch")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _import_module(monkeypatch, tmp_path, **standin):
