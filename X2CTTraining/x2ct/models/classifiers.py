@@ -517,10 +517,12 @@ class ConcatCNN3d(ClassifierNet):
 
     arch = "concat-cnn3d"
     inputs = ("pa", "ct")
+    trunk_channels = 2
+    """Input channels of the Zunair trunk (CT and PA as channels here; one channel for the two-slice stack)."""
 
     def __init__(self, num_outputs: int, *, width: float = 1.0, dropout: float = 0.3) -> None:
         super().__init__(num_outputs, dict(width=width, dropout=dropout))
-        self.trunk = ZunairTrunk(2, width)
+        self.trunk = ZunairTrunk(self.trunk_channels, width)
         self.head = ZunairHead(self.trunk.out_channels, num_outputs, width, dropout)
 
     @property
@@ -539,7 +541,7 @@ class ConcatCNN3d(ClassifierNet):
         return {"ct": ct_map, "pa": pa_map}
 
 
-class ConcatCNN3dTwoSlice(ClassifierNet):
+class ConcatCNN3dTwoSlice(ConcatCNN3d):
     """``concat-cnn3d-2slice``: the PA stacked with the two central coronal CT slices, then the Zunair CNN.
 
     ``batch["pa"]`` (N, 1, S, S), resampled to (D, W) when needed, and :func:`central_coronal_slab` of
@@ -552,16 +554,7 @@ class ConcatCNN3dTwoSlice(ClassifierNet):
     """
 
     arch = "concat-cnn3d-2slice"
-    inputs = ("pa", "ct")
-
-    def __init__(self, num_outputs: int, *, width: float = 1.0, dropout: float = 0.3) -> None:
-        super().__init__(num_outputs, dict(width=width, dropout=dropout))
-        self.trunk = ZunairTrunk(1, width)
-        self.head = ZunairHead(self.trunk.out_channels, num_outputs, width, dropout)
-
-    @property
-    def cam_layers(self) -> Dict[str, nn.Module]:
-        return {"ct": self.trunk.cam_layer}
+    trunk_channels = 1
 
     def forward(self, batch: Batch) -> Tensor:
         ct = _take(batch, "ct", 3, self.arch)
