@@ -34,17 +34,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .classify.checkpoint import METADATA, load_classifier, thresholds_of
+from .classify.checkpoint import load_classifier, thresholds_of
 from .classify.tasks import get_task
 from .data.loader import ct_to_unit
 from .errors import InputError, PathLike
 from .gradcam import grad_cam
 from .intensity import HU_OFFSET
 from .models.classifiers import ClassifierNet
-from .resources import resources_dir
+from .resources import bundled_names, resources_dir
 from .views import LATERAL, PA
 
 if TYPE_CHECKING:
@@ -101,11 +102,7 @@ def classifiers_dir() -> Path:
 
 def bundled_classifier_names() -> List[str]:
     """Names of the bundled classifiers (folders of ``Resources/Classifiers`` holding a ``model.json``)."""
-    try:
-        root = classifiers_dir()
-    except FileNotFoundError:
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / METADATA).is_file()) if root.is_dir() else []
+    return bundled_names(CLASSIFIERS_FOLDER)
 
 
 def load_classifiers(
@@ -129,12 +126,14 @@ def load_classifiers(
 # Inputs and map placement
 
 
-def _resize_2d(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (no anti-aliasing, for upsampling maps and same-scale inputs) of a 2D float array."""
-    if image.shape == tuple(shape):
-        return image.astype(np.float32, copy=False)
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+def _resample(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Bilinear (2D) or trilinear (3D) resampling, half-pixel centres, no anti-aliasing (for maps and
+    same-scale inputs), of a float array; float32, unchanged when the shape already matches."""
+    if array.shape == tuple(shape):
+        return array.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    mode = "bilinear" if array.ndim == 2 else "trilinear"
+    return F.interpolate(tensor, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
 
 
 def classifier_batch(
@@ -145,7 +144,7 @@ def classifier_batch(
     batch: Dict[str, torch.Tensor] = {}
     for key in classifier.inputs:
         if key == "ct":
-            hu = np.clip(np.rint(prediction.volume_hu), -32768, 32767).astype(np.float32)
+            hu = sitk.GetArrayFromImage(prediction.image()).astype(np.float32)  # as synthetic_ct.nrrd holds it
             unit = ct_to_unit(hu + np.float32(HU_OFFSET), int(sizes.get("ct", hu.shape[0])))
             batch["ct"] = torch.from_numpy(unit)[None, None]
             continue
@@ -154,7 +153,7 @@ def classifier_batch(
             raise InputError(None, f"classifier {classifier.name} needs a {INPUT_WORDS[key]}, which this case lacks")
         model_input = prediction.views[view].model_input
         size = int(sizes.get(key, model_input.shape[0]))
-        batch[key] = torch.from_numpy(_resize_2d(model_input, (size, size)))[None, None]
+        batch[key] = torch.from_numpy(_resample(model_input, (size, size)))[None, None]
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -166,21 +165,13 @@ def to_radiograph_frame(cam: np.ndarray, prepared: PreparedView) -> np.ndarray:
     parts of the radiograph outside the window get 0.
     """
     box = prepared.record["window_px"]
-    window = _resize_2d(cam, (int(box["rows"]), int(box["cols"])))
+    window = _resample(cam, (int(box["rows"]), int(box["cols"])))
     rows, cols = np.asarray(prepared.radiograph.pixels).shape
     out = np.zeros((rows, cols), dtype=np.float32)
     top, left = int(box["top"]), int(box["left"])
     r0, r1 = max(top, 0), min(top + window.shape[0], rows)
     c0, c1 = max(left, 0), min(left + window.shape[1], cols)
     out[r0:r1, c0:c1] = window[r0 - top : r1 - top, c0 - left : c1 - left]
-    return np.clip(out, 0.0, 1.0)
-
-
-def _to_ct_grid(cam: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
-    if cam.shape == tuple(shape):
-        return cam.astype(np.float32, copy=False)
-    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
-    out = F.interpolate(tensor, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
     return np.clip(out, 0.0, 1.0)
 
 
@@ -235,7 +226,7 @@ def run_classifiers(
             )
             for key, cam in grad_cam(classifier.net, batch, index).items():
                 if key == "ct":
-                    placed = _to_ct_grid(cam, grid_shape)  # type: ignore[arg-type]
+                    placed = np.clip(_resample(cam, grid_shape), 0.0, 1.0)
                 else:
                     placed = to_radiograph_frame(cam, prediction.views[_VIEW_OF_INPUT[key]])
                 cams.setdefault(key, {})[output] = placed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import List
 
 RESOURCES_ENV = "X2CT_RESOURCES"
 """Environment variable that overrides the location of the Resources folder."""
@@ -35,3 +36,13 @@ def sample_ct_path() -> Path:
 def sample_labels_path() -> Path:
     """The bundled organ label map on the sample CT's grid."""
     return resources_dir() / "SampleData" / "chest_labels.nii.gz"
+
+
+def bundled_names(folder: str) -> List[str]:
+    """Names of the bundled models in ``Resources/<folder>`` (sub-folders holding a ``model.json``); [] when
+    there is no Resources folder or no such sub-folder."""
+    try:
+        root = resources_dir() / folder
+    except FileNotFoundError:
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model.json").is_file()) if root.is_dir() else []

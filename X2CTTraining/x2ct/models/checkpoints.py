@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..atomic import sha256_file
 from ..errors import InputError, PathLike
 from ..intensity import HU_OFFSET, UNIT_RANGE
-from ..resources import resources_dir
+from ..resources import bundled_names, resources_dir
 from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
 from .safetensors_io import read_verified_metadata, read_weights, write_sidecar, write_weights
 from .x2ct_gan import GeneratorConfig, X2CTBiplanar, X2CTSingleView
@@ -278,18 +278,18 @@ def load_ours(path: PathLike) -> Tuple[Generator, Dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
+MODELS_FOLDER = "Models"
+"""Folder of ``Resources`` that holds the bundled generators."""
+
+
 def models_dir() -> Path:
     """Folder of bundled models: ``Resources/Models``."""
-    return resources_dir() / "Models"
+    return resources_dir() / MODELS_FOLDER
 
 
 def bundled_model_names() -> List[str]:
     """Names of the bundled models (folders of ``Resources/Models`` holding a ``model.json``)."""
-    try:
-        root = models_dir()
-    except FileNotFoundError:
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "model.json").is_file()) if root.is_dir() else []
+    return bundled_names(MODELS_FOLDER)
 
 
 def _is_ours(path: Path) -> bool:
