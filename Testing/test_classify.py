@@ -116,7 +116,6 @@ def read_csv(path: Path) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classify_data") / "data"
@@ -532,14 +531,27 @@ def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path):
     assert meta["training_data"]["ct_source"]["kind"] == "synthetic"
     assert meta["training_data"]["ct_source"]["generator"]["model"] == "gen"
     code, stdout, stderr = run_cli(*evaluate_args(run, data, labels, tmp_path / "eval", "--cam-hit-rate"))
-    assert code == 0 and "CAM hit rate (ct)" in stdout, stderr
+    assert code == 0 and "CAM hit rate (ct map, 2 positive cases): grad_cam" in stdout, stderr
     document = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert document["data"]["ct_source"] == str(synthetic)  # the model's own CT source by default
     cam = document["cam_hit_rate"]["outputs"]["tb_present"]
     assert cam["relevant_lesion_kinds"] == list(TASKS["tb"].relevant_kinds("tb_present")) and cam["positive_cases"] == 2
     assert cam["headline"]["input"] == "ct" and set(cam["per_input"]) == {"pa", "ct"}
+    methods = ("grad_cam", "guided_grad_cam")
+    assert document["cam_hit_rate"]["methods"] == list(methods)
     for key, shape in (("ct", 3), ("pa", 2)):
-        tally = cam["per_input"][key]
-        assert tally["n"] == cam["cases_with_masks"] == 2 and tally["hits"] <= tally["hits_dilated"] <= 2
-        assert tally["hit_rate"] == tally["hits"] / 2
-        assert all(len(case[key]["peak"]) == shape for case in cam["cases"])
+        for method in methods:
+            tally = cam["per_input"][key][method]
+            assert tally["n"] == cam["cases_with_masks"] == 2 and tally["hits"] <= tally["hits_dilated"] <= 2
+            assert tally["hit_rate"] == tally["hits"] / 2
+            records = [case[key][method] for case in cam["cases"]]
+            assert all(len(r["peak"]) == shape for r in records)
+            # a hit is a peak inside at least one relevant kind's mask, and the per-kind counts add up
+            assert all(
+                r["hit"] == bool(r["inside"]) and set(r["inside"]) <= set(c["kinds"])
+                for r, c in zip(records, cam["cases"])
+            )
+            for kind, count in tally["by_kind"].items():
+                assert count["n"] == sum(kind in c["kinds"] for c in cam["cases"])
+                assert count["hits"] == sum(kind in r["inside"] for r in records)
+    assert cam["headline"]["guided_grad_cam"]["hit_rate"] == cam["per_input"]["ct"]["guided_grad_cam"]["hit_rate"]

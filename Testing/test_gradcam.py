@@ -8,6 +8,7 @@ noise, whose CAM peak must land on the blob (hit rate) and on the correct side (
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +19,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from test_classifiers import TINY
-from x2ct.gradcam import cam_overlay_rgb, cam_volume_image, grad_cam
+from x2ct.gradcam import cam_overlay_rgb, cam_volume_image, constant_along_ap, grad_cam, guided_grad_cam
 from x2ct.models import CLASSIFIER_ARCHS, build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +35,6 @@ EXPECTED_KEYS = {
     "late-fusion": {"pa", "ct"},
 }
 S, CT = 16, (32, 32, 32)
-
 
 
 def tiny(arch: str, num_outputs: int = 2, **extra):
@@ -55,10 +55,11 @@ def test_expected_keys_cover_the_registry():
     assert set(EXPECTED_KEYS) == set(CLASSIFIER_ARCHS)
 
 
+@pytest.mark.parametrize("explain", [grad_cam, guided_grad_cam])
 @pytest.mark.parametrize("arch", sorted(TINY))
-def test_maps_have_the_inputs_shapes_and_lie_in_0_1(arch):
+def test_maps_have_the_inputs_shapes_and_lie_in_0_1(arch, explain):
     batch = random_batch()
-    maps = grad_cam(tiny(arch), batch, 1)
+    maps = explain(tiny(arch), batch, 1)
     assert set(maps) == EXPECTED_KEYS[arch]
     for key, cam in maps.items():
         assert cam.shape == tuple(batch[key].shape[2:]) and cam.dtype == np.float32
@@ -69,6 +70,58 @@ def test_maps_have_the_inputs_shapes_and_lie_in_0_1(arch):
 def test_hemis_without_lateral_gives_only_the_pa_map():
     maps = grad_cam(tiny("hemis-densenet2d"), {"pa": random_batch()["pa"]}, 0)
     assert set(maps) == {"pa"} and maps["pa"].shape == (S, S)
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    """ReLU whose backward passes gradient only where both the input and the gradient are positive."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)
+
+
+class _GuidedReLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _GuidedReLUFunction.apply(x)
+
+
+def _with_guided_relus(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose nn.ReLU modules are replaced by :class:`_GuidedReLU` (a second, independent
+    implementation of guided backpropagation)."""
+    net = copy.deepcopy(net)
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, _GuidedReLU())
+    return net
+
+
+@pytest.mark.parametrize("arch", ["cnn3d", "cnn3d-2slice", "densenet2d", "concat-cnn3d"])
+def test_guided_grad_cam_is_grad_cam_times_the_guided_input_gradient(arch):
+    net = tiny(arch).eval()
+    batch = {key: value for key, value in random_batch(3).items() if key in EXPECTED_KEYS[arch]}
+    coarse = grad_cam(net, batch, 1)
+    guided = guided_grad_cam(net, batch, 1)
+    inputs = {key: value.clone().requires_grad_(True) for key, value in batch.items()}
+    logit = _with_guided_relus(net)(inputs)[0, 1]
+    grads = dict(zip(inputs, torch.autograd.grad(logit, list(inputs.values()), allow_unused=True)))
+    assert set(guided) == set(coarse)
+    for key, cam in coarse.items():
+        saliency = grads[key][0].sum(0).clamp(min=0).numpy()
+        if constant_along_ap(cam):
+            saliency = np.broadcast_to(saliency.sum(1, keepdims=True), cam.shape)
+            assert constant_along_ap(guided[key])
+        expected = cam * saliency
+        if expected.max() > 0:
+            expected = expected / expected.max()
+        np.testing.assert_allclose(guided[key], expected, atol=1e-5)
+        assert guided[key].max() == 1.0  # not a vacuous comparison of two zero maps
 
 
 # ---- exact geometry on constant-weight networks -------------------------------------------------
@@ -221,10 +274,14 @@ def test_trained_cnn3d_cam_peaks_on_the_lesion():
     rng = np.random.default_rng(123)
     assert accuracy(net, sample, rng) >= 0.9  # it learned the task
     hits: List[bool] = []
+    inside: List[bool] = []  # Guided Grad-CAM: strictly inside, no one-voxel slack
     for _ in range(20):
         centre = random_centre(rng, BLOB_GRID, BLOB_MARGIN)
-        hits.append(hit(peak(ct_cam(net, blob_volume(rng, centre))), ball(BLOB_GRID, centre, BLOB_RADIUS)))
+        volume, blob = blob_volume(rng, centre), ball(BLOB_GRID, centre, BLOB_RADIUS)
+        hits.append(hit(peak(ct_cam(net, volume)), blob))
+        inside.append(bool(blob[peak(guided_grad_cam(net, {"ct": torch.from_numpy(volume)[None, None]}, 0)["ct"])]))
     assert np.mean(hits) >= 0.7, f"CAM peak on the blob in {np.mean(hits):.0%} of cases"
+    assert np.mean(inside) >= 0.7, f"Guided Grad-CAM peak inside the blob in {np.mean(inside):.0%} of cases"
     # canonical axes (D, H, W) = (S->I, A->P, R->L): a blob inferior, anterior and on the patient's left
     # must give a peak there, and the opposite blob a peak on the opposite sides
     mid = BLOB_GRID[0] // 2
@@ -260,9 +317,13 @@ def test_trained_two_slice_cam_peaks_on_the_lesion_in_the_coronal_plane():
     hits: List[bool] = []
     for _ in range(20):
         centre = random_centre(rng, shape_dw, DISK_MARGIN)
-        cam = ct_cam(net, disk_volume(rng, centre))
+        volume = disk_volume(rng, centre)
+        cam = ct_cam(net, volume)
         hits.append(hit(peak(cam[:, 0, :]), ball(shape_dw, centre, DISK_RADIUS)))
-    assert np.mean(hits) >= 0.7, f"CAM peak on the lesion in {np.mean(hits):.0%} of cases"
+        guided = guided_grad_cam(net, {"ct": torch.from_numpy(volume)[None, None]}, 0)["ct"]
+        assert constant_along_ap(guided)  # the slices' saliency summed along A->P, like the Grad-CAM map
+        hits.append(hit(peak(guided[:, 0, :]), ball(shape_dw, centre, DISK_RADIUS)))
+    assert np.mean(hits) >= 0.7, f"CAM peak on the lesion in {np.mean(hits):.0%} of maps"
     mid = shape_dw[0] // 2
     for centre, sides in (((26, 25), (1, 1)), ((5, 6), (-1, -1))):  # inferior-left, then superior-right
         where = peak(ct_cam(net, disk_volume(rng, np.array(centre)))[:, 0, :])
@@ -326,7 +387,27 @@ def test_grad_cam_takes_one_case_and_an_integer_index():
         grad_cam(net, {"ct": torch.rand(2, 1, *CT)}, 0)
     with pytest.raises(ValueError, match="must be an integer"):
         grad_cam(net, {"ct": torch.rand(1, 1, *CT)}, 1.0)
+    with pytest.raises(ValueError, match="batch of one case"):
+        guided_grad_cam(net, {"ct": torch.rand(2, 1, *CT)}, 0)
     assert grad_cam(net, {"ct": torch.rand(1, 1, *CT)}, np.int64(1))["ct"].shape == CT
+
+
+def test_guided_grad_cam_restores_in_place_relus_and_leaves_no_hooks_or_gradients():
+    net = tiny("hemis-densenet2d")  # MONAI's DenseNet uses in-place ReLUs, which backward hooks cannot wrap
+    net.train()
+    inplace = {name: m.inplace for name, m in net.named_modules() if isinstance(m, nn.ReLU)}
+    assert any(inplace.values())
+    modes = {name: m.training for name, m in net.named_modules()}
+    hooks = hook_counts(net)
+    batch = random_batch()
+    maps = guided_grad_cam(net, batch, 0)
+    assert {name: m.inplace for name, m in net.named_modules() if isinstance(m, nn.ReLU)} == inplace
+    assert hook_counts(net) == hooks
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert all(p.grad is None for p in net.parameters())
+    with torch.inference_mode():
+        again = guided_grad_cam(net, {k: v.clone() for k, v in batch.items()}, 0)
+    assert all(np.array_equal(maps[k], again[k]) for k in maps)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

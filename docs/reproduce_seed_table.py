@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "classifier_reproduction.md"
 RESULTS = REPO / "docs" / "classifier_reproduction.json"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
+LOC_START, LOC_END = "<!-- localisation:start -->", "<!-- localisation:end -->"
 
 GENERATORS = {"S": "x2ct-demo-singleview", "B": "x2ct-demo-biplanar"}
 DENSENET_SMALL = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2, 2]}
@@ -52,6 +53,8 @@ class Row:
     arch: str
     ct: Optional[str]  # None (no CT), "S", "B" or "real"
     options: Dict[str, Any]
+    size_ct: Optional[int] = None  # None: --size-ct-full for full-volume models, 64 for two-slice ones
+    epochs: Optional[int] = None  # None: --epochs
 
 
 ROWS = (
@@ -68,6 +71,9 @@ ROWS = (
     Row("ct_b_xray_late", "CT (+B) + X-ray, late fusion", "late-fusion", "B", {**CNN_SMALL, **DENSENET_SMALL}),
     Row("ct_real_full", "real CT (reference), full volume", "cnn3d", "real", CNN_SMALL),
 )
+LOCALISATION = Row("ct_real_64", "real CT at 64³ (localisation)", "cnn3d", "real", CNN_SMALL, size_ct=64, epochs=10)
+"""The Grad-CAM hit-rate figure: TB identification on the benchmark's own 5 mm grid (test and validation)."""
+LOCALISATION_SPLITS = ("test", "val")
 BASELINE = "xray_pa"
 SHORT_ROWS = ("xray_pa", "ct_b_2slice", "ct_b_xray_2slice", "ct_real_full")
 TASK_ROWS = {"tb": tuple(r.key for r in ROWS), "tb_type": SHORT_ROWS, "tb_activity": SHORT_ROWS, "pe": SHORT_ROWS}
@@ -92,30 +98,30 @@ def ct_source(work: Path, ct: Optional[str]) -> Optional[str]:
     return "real" if ct == "real" else str(work / f"ct_{ct}")
 
 
-def train_and_evaluate(work: Path, task: str, row: Row, settings: argparse.Namespace) -> Path:
-    """Train (resuming) and evaluate one row for one task; returns the evaluation folder."""
+def train_and_evaluate(work: Path, task: str, row: Row, settings: argparse.Namespace, split: str = "test") -> Path:
+    """Train (resuming) and evaluate one row for one task on ``split``; returns the evaluation folder."""
     run = work / "runs" / f"{task}-{row.key}"
-    evaluation = work / "evals" / f"{task}-{row.key}"
+    evaluation = work / "evals" / (f"{task}-{row.key}" + ("" if split == "test" else f"-{split}"))
     if not (run / "model" / "model.json").is_file():
         args = ["train-classifier", "--data", str(work / "data"), "--task", task, "--arch", row.arch, "-o", str(run)]
         source = ct_source(work, row.ct)
         if source:
             args += ["--ct-source", source]
-        args += ["--set", f"epochs={settings.epochs}", "--set", f"lr={settings.lr}"]
+        args += ["--set", f"epochs={row.epochs or settings.epochs}", "--set", f"lr={settings.lr}"]
         args += ["--set", f"size_xray={settings.size_xray}", "--set", "progress=false"]
         full_volume = row.arch in ("cnn3d", "concat-cnn3d", "late-fusion")
-        args += ["--set", f"size_ct={settings.size_ct_full if full_volume else 64}"]
+        args += ["--set", f"size_ct={row.size_ct or (settings.size_ct_full if full_volume else 64)}"]
         args += ["--set", f"arch_options={json.dumps(row.options)}", "--set", "batch_size=16"]
         args += ["--threads", str(settings.threads)] + (["--resume"] if run.exists() else [])
         x2ct(*args)
     if not (evaluation / "metrics.json").is_file():
         args = ["evaluate-classifier", "--model", str(run / "model"), "--data", str(work / "data")]
-        args += ["-o", str(evaluation), "--cam-hit-rate"]
+        args += ["-o", str(evaluation), "--split", split, "--cam-hit-rate"]
         source = ct_source(work, row.ct)
         if source:
             args += ["--ct-source", source]
         baseline = work / "evals" / f"{task}-{BASELINE}"
-        if row.key != BASELINE:
+        if row.key != BASELINE and split == "test":
             args += ["--compare", str(baseline)]
         x2ct(*args)
     return evaluation
@@ -133,11 +139,11 @@ def _p(value: Optional[float]) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _hits(document: Dict[str, Any], output: str) -> str:
-    """Grad-CAM hit rate per input map, e.g. "ct 12/30, pa 5/30" (peak inside the lesion mask)."""
+def _hits(document: Dict[str, Any], output: str, method: str) -> str:
+    """CAM hit rate per input map of one method, e.g. "ct 12/30, pa 5/30" (peak inside the lesion mask)."""
     record = ((document.get("cam_hit_rate") or {}).get("outputs") or {}).get(output) or {}
     inputs = record.get("per_input") or {}
-    return ", ".join(f"{key} {v['hits']}/{v['n']}" for key, v in inputs.items()) or "–"
+    return ", ".join(f"{key} {v[method]['hits']}/{v[method]['n']}" for key, v in inputs.items()) or "–"
 
 
 def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -146,8 +152,8 @@ def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) ->
         f"### {TASK_TITLES[task]}",
         "",
         "| input | output | AUC [95% CI] | p vs X-ray (PA) | accuracy [95% CI] | sensitivity | specificity | n (pos) "
-        "| Grad-CAM hit rate |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Grad-CAM hit rate | Guided Grad-CAM hit rate |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         document = metrics[row.key]
@@ -159,15 +165,47 @@ def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) ->
             lines.append(
                 f"| {row.label} | {output} | {_ci(record['auc'])} | {_p(p)} | {_ci(m['accuracy'])} | "
                 f"{_ci(m['sensitivity'])} | {_ci(m['specificity'])} | {counts['n']} ({counts['n_pos']}) | "
-                f"{_hits(document, output)} |"
+                f"{_hits(document, output, 'grad_cam')} | {_hits(document, output, 'guided_grad_cam')} |"
             )
     return lines + [""]
 
 
-def write_doc(block: str) -> None:
+def localisation_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Markdown lines of the hit-rate figure: one column per evaluated split (``metrics``: split -> metrics.json)."""
+    splits = list(metrics)
+    cams = {split: m["cam_hit_rate"]["outputs"]["tb_present"] for split, m in metrics.items()}
+    lines = ["| | " + " | ".join(f"{split} split" for split in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    lines.append(
+        "| AUC [95% DeLong CI] | "
+        + " | ".join(_ci(m["outputs"]["tb_present"]["auc"], 3) for m in metrics.values())
+        + " |"
+    )
+    for method, name in (("grad_cam", "Grad-CAM"), ("guided_grad_cam", "Guided Grad-CAM")):
+        cells, near = [], []
+        for split in splits:
+            t = cams[split]["per_input"]["ct"][method]
+            cells.append(f"**{t['hits']}/{t['n']} = {t['hit_rate']:.0%}** [{t['ci_low']:.0%}, {t['ci_high']:.0%}]")
+            near.append(f"{t['hits_dilated']}/{t['n']} = {t['hit_rate_dilated']:.0%}")
+        lines.append(f"| {name} peak inside a TB lesion mask | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} peak within one voxel (5 mm) | " + " | ".join(near) + " |")
+    lines += ["", "By lesion kind (cases holding the kind; peak inside that kind's mask), splits pooled:", ""]
+    lines += ["| lesion kind | cases | Grad-CAM | Guided Grad-CAM |", "|---|---|---|---|"]
+    kinds = sorted({kind for cam in cams.values() for kind in cam["per_input"]["ct"]["grad_cam"]["by_kind"]})
+    for kind in kinds:
+        counts = {
+            method: [cam["per_input"]["ct"][method]["by_kind"].get(kind, {"n": 0, "hits": 0}) for cam in cams.values()]
+            for method in ("grad_cam", "guided_grad_cam")
+        }
+        n = sum(c["n"] for c in counts["grad_cam"])
+        hits = {method: sum(c["hits"] for c in cs) for method, cs in counts.items()}
+        lines.append(f"| {kind} | {n} | {hits['grad_cam']} | {hits['guided_grad_cam']} |")
+    return lines
+
+
+def write_doc(block: str, start: str = START, end: str = END) -> None:
     text = DOC.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    DOC.write_text(head + START + "\n" + block + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+    head, rest = text.split(start, 1)
+    DOC.write_text(head + start + "\n" + block + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -215,7 +253,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         status = "" if done else f"\n\n**Partial run:** only {', '.join(results)} finished so far."
         write_doc(f"Command: `{command}`{status}\n\n" + "\n".join(blocks))
-    print(f"wrote {RESULTS.relative_to(REPO)} and the table in {DOC.relative_to(REPO)}")
+    if "tb" in settings.tasks:
+        located = {
+            split: train_and_evaluate(work, "tb", LOCALISATION, settings, split) for split in LOCALISATION_SPLITS
+        }
+        found = {split: json.loads((e / "metrics.json").read_text(encoding="utf-8")) for split, e in located.items()}
+        record["localisation"] = {
+            "row": {"arch": LOCALISATION.arch, "options": LOCALISATION.options, "size_ct": LOCALISATION.size_ct,
+                    "epochs": LOCALISATION.epochs, "ct": LOCALISATION.ct},
+            "results": found,
+        }  # fmt: skip
+        record["wall_time_s"] = round(time.time() - start, 1)
+        RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        write_doc("\n".join(localisation_table(found)), LOC_START, LOC_END)
+    print(f"wrote {RESULTS.relative_to(REPO)} and the tables in {DOC.relative_to(REPO)}")
     return 0
 
 

@@ -292,7 +292,8 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     for column, record in ((document.get("cam_hit_rate") or {}).get("outputs") or {}).items():
         top = record["headline"]
         if top is not None:
-            print(f"{column} CAM hit rate ({top['input']}): {top['hit_rate']:.2f} of {top['n']} positive cases")
+            rates = ", ".join(f"{m} {top[m]['hit_rate']:.2f}" for m in ("grad_cam", "guided_grad_cam"))
+            print(f"{column} CAM hit rate ({top['input']} map, {top['grad_cam']['n']} positive cases): {rates}")
     print(f"wrote {args.output}")
     return 0
 

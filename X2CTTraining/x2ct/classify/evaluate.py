@@ -47,15 +47,17 @@ EVAL_EXTRA = ("sklearn", "statsmodels", "matplotlib")
 
 CAM_HIT_DEFINITION = (
     "Positive cases (label 1 for the output) whose case file holds lesion masks (lesions/<kind>) of the kinds that "
-    "make the output positive. A case is a hit for an input when the argmax of that input's Grad-CAM map (for the "
-    "output's logit) lies inside the union of those masks on the map's grid; 'dilated' allows one voxel/pixel of "
-    "slack (the mask dilated by a 3x3(x3) cube). CT: the masks resampled to the classifier's CT grid (a voxel is "
-    "lesion when any data-set voxel it covers is); a CT map that is the same on every coronal slice (two-slice models "
-    "see only the central coronal slices) is scored in the coronal plane against the masks' footprint along A->P. "
-    "PA / lateral: the 3D union projected with the data set's "
-    "cone-beam DRR geometry (x2ct.drr.project; a detector pixel is lesion when its ray crosses at least half a "
-    "voxel of lesion), resampled to the radiograph input the same way. An all-zero map is a miss. The headline is "
-    "the CT map's rate when the network has one, else the PA map's."
+    "make the output positive. Two maps per input, both for the output's logit: 'grad_cam' (x2ct.gradcam.grad_cam, "
+    "the heat map shown to users) and 'guided_grad_cam' (x2ct.gradcam.guided_grad_cam: Grad-CAM times guided "
+    "backpropagation at the input resolution). A case is a hit for a map when the map's argmax lies inside the union "
+    "of those masks on the map's grid; 'dilated' allows one voxel/pixel of slack (the mask dilated by a 3x3(x3) "
+    "cube). CT: the masks resampled to the classifier's CT grid (a voxel is lesion when any data-set voxel it covers "
+    "is); a CT map that is the same on every coronal slice (two-slice models see only the central coronal slices) is "
+    "scored in the coronal plane against the masks' footprint along A->P. PA / lateral: the 3D masks projected with "
+    "the data set's cone-beam DRR geometry (x2ct.drr.project; a detector pixel is lesion when its ray crosses at "
+    "least half a voxel of lesion), resampled to the radiograph input the same way. An all-zero map is a miss. The "
+    "headline is the CT map's rates when the network has one, else the PA map's. 'by_kind' counts, for each lesion "
+    "kind, the cases that hold it and those whose peak lies inside that kind's own mask."
 )
 
 
@@ -122,25 +124,37 @@ def projected_mask(mask: np.ndarray, spacing_mm: Sequence[float], view: str, drr
     return path_mm >= 0.5 * float(min(spacing_mm))
 
 
-def _case_lesions(path: Path, kinds: Sequence[str]) -> Optional[Tuple[np.ndarray, Dict[str, Any]]]:
-    """(union of the ``kinds`` masks, DRR geometry) of a case file, or None without masks of those kinds."""
+def _case_lesions(path: Path, kinds: Sequence[str]) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
+    """(kind -> mask of the ``kinds`` present in a case file, DRR geometry), or None without masks of those kinds."""
     from ..drr import DRRGeometry
 
     try:
         with h5py.File(path, "r") as f:
             if "lesions" not in f:
                 return None
-            masks = [f[f"lesions/{kind}"][...] > 0 for kind in kinds if kind in f["lesions"]]
+            masks = {kind: f[f"lesions/{kind}"][...] > 0 for kind in kinds if kind in f["lesions"]}
             attrs = dict(f.attrs)
             spacing = tuple(float(s) for s in f["spacing"][...])
     except (OSError, KeyError) as err:
         raise InputError(path, f"unreadable case file ({' '.join(str(err).split())})") from None
-    if not masks or not np.any(masks):
+    masks = {kind: mask for kind, mask in masks.items() if mask.any()}
+    if not masks:
         return None
     geometry = DRRGeometry(
         sad_mm=float(attrs["sad_mm"]), sid_mm=float(attrs["sid_mm"]), detector_mm=float(attrs["detector_mm"])
     )
-    return np.any(masks, axis=0), {"geometry": geometry, "drr_size": int(attrs["drr_size"]), "spacing": spacing}
+    return masks, {"geometry": geometry, "drr_size": int(attrs["drr_size"]), "spacing": spacing}
+
+
+def _mask_on_map(mask: np.ndarray, key: str, cam: np.ndarray, geo: Dict[str, Any]) -> np.ndarray:
+    """A (D, H, W) lesion mask on the grid of input ``key``'s map ``cam`` (see :data:`CAM_HIT_DEFINITION`)."""
+    if key == "ct" and cam.ndim == 2:  # the coronal map of a two-slice model
+        return resample_mask(mask.any(axis=1), cam.shape)
+    if key == "ct":
+        return resample_mask(mask, cam.shape)
+    views = {"pa": PA, "lateral": LATERAL}
+    drr = projected_mask(mask, geo["spacing"], views[key], geo["drr_size"], geo["geometry"])
+    return resample_mask(drr, cam.shape)
 
 
 def _hit(cam: np.ndarray, mask: np.ndarray) -> Tuple[bool, bool, List[int]]:
@@ -152,63 +166,75 @@ def _hit(cam: np.ndarray, mask: np.ndarray) -> Tuple[bool, bool, List[int]]:
     return bool(mask[tuple(peak)]), bool(dilated[tuple(peak)]), peak
 
 
-def _constant_along_ap(cam: np.ndarray) -> bool:
-    """True for a (D, H, W) map that is the same on every coronal slice (it carries no A->P position)."""
-    return cam.shape[1] > 1 and bool(np.all(cam == cam[:, :1, :]))
+CAM_METHODS = ("grad_cam", "guided_grad_cam")
+"""The maps the hit rate scores (x2ct.gradcam.grad_cam and x2ct.gradcam.guided_grad_cam)."""
+
+
+def _rates(tally: Dict[str, Any]) -> Dict[str, Any]:
+    """A hit tally with its rates and the Wilson 95 % CI of the strict rate."""
+    from ..evaluate.classifier_stats import wilson_interval
+
+    low, high = wilson_interval(tally["hits"], tally["n"])
+    return {
+        **tally,
+        "hit_rate": tally["hits"] / tally["n"],
+        "ci_low": low,
+        "ci_high": high,
+        "hit_rate_dilated": tally["hits_dilated"] / tally["n"],
+    }
 
 
 def cam_hit_rates(
     net: ClassifierNet, dataset: ClassifierDataset, inputs: Sequence[str], device: torch.device, progress: bool = False
 ) -> Dict[str, Any]:
-    """The CAM hit rate per output (see :data:`CAM_HIT_DEFINITION`), with Wilson 95 % CIs and per-case peaks."""
-    from ..evaluate.classifier_stats import wilson_interval
-    from ..gradcam import grad_cam
+    """The CAM hit rate per output, input map and method (see :data:`CAM_HIT_DEFINITION`), with Wilson 95 % CIs,
+    a count per lesion kind and per-case peaks."""
+    from ..gradcam import constant_along_ap, grad_cam, guided_grad_cam
 
+    explain = dict(zip(CAM_METHODS, (grad_cam, guided_grad_cam)))
     task: Task = dataset.task
     targets = dataset.targets
-    views = {"pa": PA, "lateral": LATERAL}
-    result: Dict[str, Any] = {"definition": CAM_HIT_DEFINITION, "outputs": {}}
+    result: Dict[str, Any] = {"definition": CAM_HIT_DEFINITION, "methods": list(CAM_METHODS), "outputs": {}}
     for k, column in enumerate(task.columns):
         kinds = task.relevant_kinds(column)
         positives = [i for i in range(len(dataset)) if targets[i, k] == 1]
-        tallies: Dict[str, Dict[str, int]] = {}
+        tallies: Dict[str, Dict[str, Dict[str, Any]]] = {}
         cases: List[Dict[str, Any]] = []
         for i in tqdm(positives, desc=f"Grad-CAM {column}", unit="case", disable=not progress, dynamic_ncols=True):
             lesions = _case_lesions(dataset.case_file(i), kinds)
             if lesions is None:
                 continue
-            union, geo = lesions
+            masks, geo = lesions
+            union = np.any(list(masks.values()), axis=0)
             batch = collate([dataset[i]], device)
-            cams = grad_cam(net, {key: batch[key] for key in inputs}, k)
-            record: Dict[str, Any] = {"case_id": dataset.case_ids[i]}
-            for key, cam in cams.items():
-                if key == "ct" and _constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
-                    cam = cam[:, 0, :]
-                    mask = resample_mask(union.any(axis=1), cam.shape)
-                elif key == "ct":
-                    mask = resample_mask(union, cam.shape)
-                else:
-                    drr = projected_mask(union, geo["spacing"], views[key], geo["drr_size"], geo["geometry"])
-                    mask = resample_mask(drr, cam.shape)
-                hit, near, peak = _hit(cam, mask)  # peak: (d, h, w), (d, w) for a coronal map, (row, column)
-                tally = tallies.setdefault(key, {"n": 0, "hits": 0, "hits_dilated": 0, "zero_maps": 0})
-                tally["n"] += 1
-                tally["hits"] += hit
-                tally["hits_dilated"] += near
-                tally["zero_maps"] += not cam.max() > 0
-                record[key] = {"hit": hit, "hit_dilated": near, "peak": peak}
+            record: Dict[str, Any] = {"case_id": dataset.case_ids[i], "kinds": sorted(masks)}
+            for method, function in explain.items():
+                for key, cam in function(net, {key: batch[key] for key in inputs}, k).items():
+                    if key == "ct" and constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
+                        cam = cam[:, 0, :]
+                    on_map = {kind: _mask_on_map(mask, key, cam, geo) for kind, mask in masks.items()}
+                    hit, near, peak = _hit(cam, _mask_on_map(union, key, cam, geo))  # (d, h, w), (d, w), (row, col)
+                    inside = sorted(kind for kind, mask in on_map.items() if mask[tuple(peak)])
+                    empty = {"n": 0, "hits": 0, "hits_dilated": 0, "zero_maps": 0, "by_kind": {}}
+                    tally = tallies.setdefault(key, {}).setdefault(method, empty)
+                    tally["n"] += 1
+                    tally["hits"] += hit
+                    tally["hits_dilated"] += near
+                    tally["zero_maps"] += not cam.max() > 0
+                    for kind in masks:
+                        by_kind = tally["by_kind"].setdefault(kind, {"n": 0, "hits": 0})
+                        by_kind["n"] += 1
+                        by_kind["hits"] += kind in inside
+                    record.setdefault(key, {})[method] = {
+                        "hit": hit,
+                        "hit_dilated": near,
+                        "peak": peak,
+                        "inside": inside,
+                    }
             cases.append(record)
-        per_input: Dict[str, Any] = {}
-        for key, tally in tallies.items():
-            low, high = wilson_interval(tally["hits"], tally["n"])
-            per_input[key] = {
-                **tally,
-                "hit_rate": tally["hits"] / tally["n"],
-                "ci_low": low,
-                "ci_high": high,
-                "hit_rate_dilated": tally["hits_dilated"] / tally["n"],
-            }
+        per_input = {key: {m: _rates(t) for m, t in by_method.items()} for key, by_method in tallies.items()}
         headline_key = "ct" if "ct" in per_input else ("pa" if "pa" in per_input else None)
+        fields = ("hit_rate", "ci_low", "ci_high", "hit_rate_dilated", "n")
         result["outputs"][column] = {
             "relevant_lesion_kinds": list(kinds),
             "positive_cases": len(positives),
@@ -217,7 +243,7 @@ def cam_hit_rates(
             if headline_key is None
             else {
                 "input": headline_key,
-                **{f: per_input[headline_key][f] for f in ("hit_rate", "ci_low", "ci_high", "hit_rate_dilated", "n")},
+                **{m: {f: per_input[headline_key][m][f] for f in fields} for m in CAM_METHODS},
             },
             "per_input": per_input,
             "cases": cases,

@@ -57,7 +57,7 @@ ZUNAIR_CHANNELS = (64, 64, 128, 256)
 ZUNAIR_HIDDEN = 512
 """Width of the hidden fully connected layer of Zunair et al.'s 3D CNN (at ``width`` 1)."""
 ZUNAIR_CAM_BLOCK = 1
-"""Index of the Zunair conv block whose pooled activations Grad-CAM uses (the second; see :class:`ZunairTrunk`)."""
+"""Index of the Zunair conv block whose ReLU output Grad-CAM uses (the second; see :class:`ZunairTrunk`)."""
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -148,17 +148,17 @@ class ZunairTrunk(nn.Module):
 
     (N, in_channels, D, H, W) -> (N, ``out_channels``, D/16, H/16, W/16) (length-1 axes stay 1).
 
-    ``cam_layer`` is the max-pooled ReLU output of the second block (before its batch norm), at 1/4 of
-    the input grid: 16³ cells of 4 voxels (20 mm) on a 64³ CT, 32³ on 128³, receptive field about 10
-    voxels. The last block's grid (1/16: 4³ cells of 80 mm on 64³) cannot say where a 5-20 mm lesion
-    is: an upsampled map peaks near a cell centre, up to half a cell from the lesion. The second block
-    is the deepest whose cells are about lesion-sized; its channels are still weighted by the gradient
-    of the whole head, so the map stays class-specific. On the blob-in-noise test of
-    ``Testing/test_gradcam.py`` (24³) the CAM peak lands on the blob in 95 % of cases at the second
-    block, 35 % at the third and none at the fourth (100 % at the first, whose features are intensities
-    and edges rather than findings). The activations are taken before the batch norm because Grad-CAM
-    assumes non-negative activations; in eval mode the norm is a per-channel affine map whose offsets
-    only add a constant that can push the whole ReLU'd map to zero.
+    ``cam_layer`` is the ReLU output of the second block, before its max-pooling: at 1/2 of the input
+    grid (32³ cells of 2 voxels, 10 mm, on a 64³ CT), receptive field about 10 voxels. The last block's
+    grid (1/16: 4³ cells of 80 mm on 64³) cannot say where a 5-20 mm lesion is, since an upsampled map
+    peaks near a cell centre. The second block is the deepest whose features are lesion-sized; its
+    channels are still weighted by the gradient of the whole head, so the map stays class-specific.
+    Before the pooling rather than after it halves the cell (the pooled grid is 1/4): on the synthetic
+    benchmark's 64³ real-CT TB classifier the peak lies inside a lesion mask in 59 / 35 / 48 % of the
+    test / validation / training positives instead of 41 / 23 / 36 %, and the first or third block does
+    worse (docs/classifier_reproduction.md). Taking the activations before the batch norm matters too:
+    Grad-CAM assumes non-negative activations, and in eval mode the norm is a per-channel affine map whose
+    offsets only add a constant that can push the whole ReLU'd map to zero.
     """
 
     def __init__(self, in_channels: int, width: float) -> None:
@@ -171,7 +171,7 @@ class ZunairTrunk(nn.Module):
 
     @property
     def cam_layer(self) -> nn.Module:
-        return self.blocks[ZUNAIR_CAM_BLOCK][2]
+        return self.blocks[ZUNAIR_CAM_BLOCK][1]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x)
@@ -184,12 +184,13 @@ class ZunairHead(nn.Module):
         super().__init__()
         hidden = _scaled(ZUNAIR_HIDDEN, width)
         self.fc = nn.Linear(in_channels, hidden)
+        self.act = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_outputs)
 
     def forward(self, features: Tensor) -> Tensor:
         pooled = features.flatten(2).mean(2)
-        return self.out(self.dropout(F.relu(self.fc(pooled))))
+        return self.out(self.dropout(self.act(self.fc(pooled))))
 
 
 class DenseNetEncoder(nn.Module):
