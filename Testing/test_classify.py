@@ -9,6 +9,7 @@ width 1/8 on 32-pixel / 32³ inputs, so every training run takes a few seconds o
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import shutil
@@ -511,7 +512,7 @@ def test_projected_lesion_mask_follows_the_cone_beam(tmp_path):
     assert abs(cols.mean() - plain[w]) > 1.5  # a plain sum along H would put it elsewhere
 
 
-def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path):
+def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path, monkeypatch):
     run = tmp_path / "run"
     code, _, stderr = run_cli(
         *train_args(
@@ -555,3 +556,15 @@ def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path):
                 assert count["n"] == sum(kind in c["kinds"] for c in cam["cases"])
                 assert count["hits"] == sum(kind in r["inside"] for r in records)
     assert cam["headline"]["guided_grad_cam"]["hit_rate"] == cam["per_input"]["ct"]["guided_grad_cam"]["hit_rate"]
+    # the reproduction script's hit-rate table reads this schema
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_seed_table", Path(__file__).parents[1] / "docs/reproduce_seed_table.py"
+    )
+    reproduce = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, reproduce)  # its dataclass looks itself up there
+    spec.loader.exec_module(reproduce)
+    lines = reproduce.localisation_table({"test": document})
+    ct = cam["per_input"]["ct"]
+    assert f"**{ct['guided_grad_cam']['hits']}/2 = " in lines[5] and f"**{ct['grad_cam']['hits']}/2 = " in lines[3]
+    kinds = set(ct["grad_cam"]["by_kind"])
+    assert {line.split(" | ")[0][2:] for line in lines if line.startswith("| ") and " | " in line[2:]} >= kinds
