@@ -20,7 +20,8 @@ from PIL import Image
 
 from test_predict import LATERAL_PNG, PA_PNG, make_resources, run
 from x2ct.classify.checkpoint import save_classifier
-from x2ct.findings import bundled_classifier_names, to_radiograph_frame
+from x2ct.data.loader import ct_to_unit
+from x2ct.findings import bundled_classifier_names, guided_peak, to_radiograph_frame
 from x2ct.io import read_radiograph
 from x2ct.models.classifiers import build_classifier
 from x2ct.pipeline import InputSpec, load_model, predict, preprocess
@@ -28,7 +29,7 @@ from x2ct.resources import RESOURCES_ENV
 
 FINDING_KEYS = {
     "task", "output", "label", "probability", "threshold", "call", "model", "weights_sha256", "inputs", "ct_source",
-    "notes",
+    "notes", "guided_peak",
 }  # fmt: skip
 TB_THRESHOLD = 0.37
 
@@ -87,6 +88,16 @@ def test_predict_writes_findings_and_aligned_gradcam_files(resources: Path, tmp_
     assert findings["tb_present"]["threshold"] == pytest.approx(TB_THRESHOLD)
     assert findings["tb_present"]["inputs"] == ["PA radiograph", "synthetic CT"]
     assert findings["pe_present"]["inputs"] == ["PA radiograph", "lateral radiograph"]
+    # Guided Grad-CAM peaks: one per input map; the two-slice CT map has no A->P position
+    assert set(findings["tb_present"]["guided_peak"]) == {"pa", "ct"}
+    assert set(findings["pe_present"]["guided_peak"]) == {"pa", "lateral"}
+    ct_peak = findings["tb_present"]["guided_peak"]["ct"]
+    assert ct_peak["lps_mm"][1] is None and ct_peak["ras_mm"][1] is None and "anterior-posterior" in ct_peak["note"]
+    assert ct_peak["ras_mm"][0] == -ct_peak["lps_mm"][0] and ct_peak["ras_mm"][2] == ct_peak["lps_mm"][2]
+    pa_rows, pa_cols = read_radiograph(PA_PNG).pixels.shape
+    for finding in findings.values():
+        row, col = finding["guided_peak"]["pa"]["pixel_rc"]
+        assert -0.5 <= row <= pa_rows - 0.5 and -0.5 <= col <= pa_cols - 0.5
     summary = json.loads((out / "summary.json").read_text())
     assert {"findings.json", "gradcam/"} <= set(summary["outputs"])
     assert [f["output"] for f in summary["findings"]] == [f["output"] for f in document["findings"]]
@@ -185,3 +196,46 @@ def test_report_shows_the_coronal_slice_of_the_map_peak_or_the_central_one():
     assert _peak_coronal_index(cam) == 11
     two_slice = np.repeat(np.random.default_rng(0).random((8, 1, 8)), 16, axis=1)  # the same on every H slice
     assert _peak_coronal_index(two_slice) == 8
+
+
+def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_were(resources: Path):
+    """A bright voxel at a known place of the synthetic CT's grid, resized to a classifier's 32³ grid as
+    the classifier sees it (ct_to_unit), peaks where guided_peak says (LPS and RAS, within one classifier
+    voxel); a bright pixel of the radiograph, taken to the model-input square as the classifier sees it,
+    comes back onto its own pixel; a two-slice (coronal) map has no A->P position; an empty map has no peak."""
+    from x2ct.findings import load_classifiers
+
+    prediction = predict(
+        load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
+    )
+    grid = prediction.grid
+    n = grid.size
+    ijk = (int(0.7 * n), int(0.25 * n), int(0.8 * n))  # (i, j, k) = (W: R->L, H: A->P, D: S->I), off-centre
+    volume = np.full(grid.shape_dhw, -1000.0, dtype=np.float32)
+    volume[ijk[2] - 2 : ijk[2] + 3, ijk[1] - 2 : ijk[1] + 3, ijk[0] - 2 : ijk[0] + 3] = 1000.0
+    small = ct_to_unit(volume + 1024.0, 32)
+    peak = guided_peak("ct", small, prediction)
+    expected_lps = (grid.ijk_to_lps() @ np.array([*ijk, 1.0]))[:3]
+    expected_ras = (grid.ijk_to_ras() @ np.array([*ijk, 1.0]))[:3]
+    tolerance = grid.extent_mm / 32
+    np.testing.assert_allclose(peak["lps_mm"], expected_lps, atol=tolerance)
+    np.testing.assert_allclose(peak["ras_mm"], expected_ras, atol=tolerance)
+    assert "note" not in peak
+
+    coronal = np.repeat(small.max(axis=1, keepdims=True), 32, axis=1)
+    flat = guided_peak("ct", coronal, prediction)
+    assert flat["lps_mm"][1] is None and flat["ras_mm"][1] is None and "note" in flat
+    np.testing.assert_allclose([flat["lps_mm"][0], flat["lps_mm"][2]], expected_lps[[0, 2]], atol=tolerance)
+    assert guided_peak("ct", np.zeros_like(small), prediction) is None
+
+    view = prediction.views["PA"]
+    rows, cols = view.radiograph.pixels.shape
+    spot = (rows // 3, 2 * cols // 3)
+    box = view.record["window_px"]
+    size = 48  # a classifier input size other than the generator's
+    r = (spot[0] - box["top"] + 0.5) * size / box["rows"] - 0.5
+    c = (spot[1] - box["left"] + 0.5) * size / box["cols"] - 0.5
+    square = np.zeros((size, size), dtype=np.float32)
+    square[int(round(r)), int(round(c))] = 1.0
+    back = guided_peak("pa", square, prediction)["pixel_rc"]
+    np.testing.assert_allclose(back, spot, atol=max(box["rows"], box["cols"]) / size)

@@ -16,11 +16,13 @@ One finding per classifier output (``findings.json``): ``task``, ``output`` (lab
 ``label`` (words), ``probability`` (sigmoid of the logit), ``threshold`` (frozen Youden point from
 the classifier's validation split), ``call`` ("positive" when probability >= threshold),
 ``model``, ``weights_sha256``, ``inputs`` (which of X-ray / synthetic CT it used), ``ct_source``
-(the generator whose CTs it was trained on) and ``notes`` (e.g. a generator mismatch, or "applies
-only when TB is present").
+(the generator whose CTs it was trained on), ``notes`` (e.g. a generator mismatch, or "applies
+only when TB is present") and ``guided_peak``: per input, where the output's Guided Grad-CAM map
+(:func:`x2ct.gradcam.guided_grad_cam`) peaks (:func:`guided_peak`).
 
 Grad-CAM maps (``cams[input][output]``, values in [0, 1]): ``ct`` maps are (D, H, W) on the
-synthetic CT's canonical grid (trilinear resampling when the classifier's grid differs); ``pa`` /
+synthetic CT's canonical grid (trilinear resampling when the classifier's grid differs, corner-aligned
+like the CT's own resize in :func:`x2ct.data.loader.ct_to_unit`); ``pa`` /
 ``lateral`` maps are mapped back from the model-input frame to the radiograph's own pixels (the
 inverse of preprocessing's crop/pad and resize; zero outside the window the model saw), so they
 overlay the radiograph as read, pixel for pixel.
@@ -42,7 +44,7 @@ from .classify.checkpoint import load_classifier, thresholds_of
 from .classify.tasks import get_task
 from .data.loader import ct_to_unit
 from .errors import InputError, PathLike
-from .gradcam import grad_cam
+from .gradcam import constant_along_ap, grad_cam, guided_grad_cam
 from .intensity import HU_OFFSET
 from .models.classifiers import ClassifierNet
 from .resources import bundled_names, resources_dir
@@ -126,14 +128,16 @@ def load_classifiers(
 # Inputs and map placement
 
 
-def _resample(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
-    """Bilinear (2D) or trilinear (3D) resampling, half-pixel centres, no anti-aliasing (for maps and
-    same-scale inputs), of a float array; float32, unchanged when the shape already matches."""
+def _resample(array: np.ndarray, shape: Tuple[int, ...], corners: bool = False) -> np.ndarray:
+    """Bilinear (2D) or trilinear (3D) resampling, no anti-aliasing (for maps and same-scale inputs), of a
+    float array; float32, unchanged when the shape already matches. Half-pixel centres by default;
+    ``corners``: first and last samples on the first and last positions (the inverse of
+    :func:`x2ct.data.loader.ct_to_unit`'s resize, for maps on a classifier's CT grid)."""
     if array.shape == tuple(shape):
         return array.astype(np.float32, copy=False)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     mode = "bilinear" if array.ndim == 2 else "trilinear"
-    return F.interpolate(tensor, size=tuple(shape), mode=mode, align_corners=False)[0, 0].numpy()
+    return F.interpolate(tensor, size=tuple(shape), mode=mode, align_corners=corners)[0, 0].numpy()
 
 
 def classifier_batch(
@@ -155,6 +159,42 @@ def classifier_batch(
         size = int(sizes.get(key, model_input.shape[0]))
         batch[key] = torch.from_numpy(_resample(model_input, (size, size)))[None, None]
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def guided_peak(key: str, guided: np.ndarray, prediction: Prediction) -> Optional[Dict[str, Any]]:
+    """Where a Guided Grad-CAM map on a classifier's input grid peaks, in the outputs' coordinates.
+
+    * ``ct`` ((n, n, n) map; the classifier's CT was the synthetic CT resized corner-aligned by
+      :func:`x2ct.data.loader.ct_to_unit`, so its voxel c lies at c·(N - 1)/(n - 1) on the N³ grid):
+      ``{"lps_mm": [x, y, z], "ras_mm": [...]}``, the peak voxel's centre in patient coordinates (mm).
+      A two-slice model's map carries no anterior-posterior position (:func:`x2ct.gradcam.constant_along_ap`):
+      y is None, with a note.
+    * ``pa`` / ``lateral`` ((S, S) map on the model-input square): ``{"pixel_rc": [row, column]}`` in
+      the radiograph as read (rows top to bottom, half-pixel convention of :func:`to_radiograph_frame`).
+
+    None for an all-zero map (no input voxel raises the logit).
+    """
+    if not guided.max() > 0:
+        return None
+    if key == "ct":
+        coronal = constant_along_ap(guided)
+        d, h, w = np.unravel_index(int(np.argmax(guided)), guided.shape)
+        scale = (prediction.grid.size - 1) / (guided.shape[0] - 1)
+        ijk = np.array([w * scale, h * scale, d * scale, 1.0])
+        lps, ras = (prediction.grid.ijk_to_lps() @ ijk)[:3], (prediction.grid.ijk_to_ras() @ ijk)[:3]
+        known = [True, not coronal, True]
+        peak: Dict[str, Any] = {
+            name: [round(float(v), 1) if ok else None for v, ok in zip(xyz, known)]
+            for name, xyz in (("lps_mm", lps), ("ras_mm", ras))
+        }
+        if coronal:
+            peak["note"] = "two-slice model: the map has no anterior-posterior position"
+        return peak
+    box = prediction.views[_VIEW_OF_INPUT[key]].record["window_px"]
+    r, c = np.unravel_index(int(np.argmax(guided)), guided.shape)
+    row = int(box["top"]) + (r + 0.5) * int(box["rows"]) / guided.shape[0] - 0.5
+    column = int(box["left"]) + (c + 0.5) * int(box["cols"]) / guided.shape[1] - 0.5
+    return {"pixel_rc": [round(float(row), 1), round(float(column), 1)]}
 
 
 def to_radiograph_frame(cam: np.ndarray, prepared: PreparedView) -> np.ndarray:
@@ -222,11 +262,15 @@ def run_classifiers(
                     "inputs": [INPUT_WORDS[key] for key in classifier.inputs],
                     "ct_source": classifier.ct_source,
                     "notes": _notes(classifier, prediction, output),
+                    "guided_peak": {
+                        key: guided_peak(key, fine, prediction)
+                        for key, fine in guided_grad_cam(classifier.net, batch, index).items()
+                    },
                 }
             )
             for key, cam in grad_cam(classifier.net, batch, index).items():
                 if key == "ct":
-                    placed = np.clip(_resample(cam, grid_shape), 0.0, 1.0)
+                    placed = np.clip(_resample(cam, grid_shape, corners=True), 0.0, 1.0)
                 else:
                     placed = to_radiograph_frame(cam, prediction.views[_VIEW_OF_INPUT[key]])
                 cams.setdefault(key, {})[output] = placed
@@ -244,4 +288,3 @@ def findings_document(prediction: Prediction) -> Dict[str, Any]:
         "findings": prediction.findings,
         "gradcam": {key: sorted(maps) for key, maps in prediction.cams.items()},
     }
-
