@@ -38,7 +38,7 @@ from x2ct.cli import main
 from x2ct.data.loader import xray_to_unit
 from x2ct.drr import DRRGeometry
 from x2ct.errors import InputError
-from x2ct.evaluate.classifier_stats import youden_threshold
+from x2ct.evaluate.classifier_stats import wilson_interval, youden_threshold
 from x2ct.geometry import DIRECTION_LPS, CanonicalGrid
 from x2ct.intensity import unit_to_hu
 from x2ct.models import GeneratorConfig, X2CTSingleView, save_generator
@@ -566,5 +566,9 @@ def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path, monkeypatc
     lines = reproduce.localisation_table({"test": document})
     ct = cam["per_input"]["ct"]
     assert f"**{ct['guided_grad_cam']['hits']}/2 = " in lines[5] and f"**{ct['grad_cam']['hits']}/2 = " in lines[3]
+    twice = reproduce.localisation_table({"test": document, "val": document})  # a pooled column adds them up
+    hits = 2 * ct["guided_grad_cam"]["hits"]
+    low, high = wilson_interval(hits, 4)
+    assert twice[5].endswith(f"| **{hits}/4 = {hits / 4:.0%}** [{low:.0%}, {high:.0%}] |")
     kinds = set(ct["grad_cam"]["by_kind"])
     assert {line.split(" | ")[0][2:] for line in lines if line.startswith("| ") and " | " in line[2:]} >= kinds

@@ -171,23 +171,31 @@ def table(task: str, rows: Sequence[Row], metrics: Dict[str, Dict[str, Any]]) ->
 
 
 def localisation_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
-    """Markdown lines of the hit-rate figure: one column per evaluated split (``metrics``: split -> metrics.json)."""
+    """Markdown lines of the hit-rate figure: a column per evaluated split (``metrics``: split -> metrics.json),
+    and the splits pooled when there are several."""
+    from x2ct.evaluate.classifier_stats import wilson_interval
+
     splits = list(metrics)
     cams = {split: m["cam_hit_rate"]["outputs"]["tb_present"] for split, m in metrics.items()}
-    lines = ["| | " + " | ".join(f"{split} split" for split in splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    lines.append(
-        "| AUC [95% DeLong CI] | "
-        + " | ".join(_ci(m["outputs"]["tb_present"]["auc"], 3) for m in metrics.values())
-        + " |"
-    )
+    pooled = len(splits) > 1
+    lines = ["| | " + " | ".join(f"{split} split" for split in splits) + (" | pooled |" if pooled else " |")]
+    lines.append("|---" * (len(splits) + 1 + pooled) + "|")
+    aucs = [_ci(m["outputs"]["tb_present"]["auc"], 3) for m in metrics.values()]
+    lines.append("| AUC [95% DeLong CI] | " + " | ".join(aucs) + (" | – |" if pooled else " |"))
     for method, name in (("grad_cam", "Grad-CAM"), ("guided_grad_cam", "Guided Grad-CAM")):
-        cells, near = [], []
-        for split in splits:
-            t = cams[split]["per_input"]["ct"][method]
-            cells.append(f"**{t['hits']}/{t['n']} = {t['hit_rate']:.0%}** [{t['ci_low']:.0%}, {t['ci_high']:.0%}]")
-            near.append(f"{t['hits_dilated']}/{t['n']} = {t['hit_rate_dilated']:.0%}")
+        tallies = [cams[split]["per_input"]["ct"][method] for split in splits]
+        if pooled:
+            hits, n = sum(t["hits"] for t in tallies), sum(t["n"] for t in tallies)
+            low, high = wilson_interval(hits, n)
+            near = sum(t["hits_dilated"] for t in tallies)
+            tallies.append({"hits": hits, "n": n, "hit_rate": hits / n, "ci_low": low, "ci_high": high,
+                            "hits_dilated": near, "hit_rate_dilated": near / n})  # fmt: skip
+        cells = [
+            f"**{t['hits']}/{t['n']} = {t['hit_rate']:.0%}** [{t['ci_low']:.0%}, {t['ci_high']:.0%}]" for t in tallies
+        ]
+        near_cells = [f"{t['hits_dilated']}/{t['n']} = {t['hit_rate_dilated']:.0%}" for t in tallies]
         lines.append(f"| {name} peak inside a TB lesion mask | " + " | ".join(cells) + " |")
-        lines.append(f"| {name} peak within one voxel (5 mm) | " + " | ".join(near) + " |")
+        lines.append(f"| {name} peak within one voxel (5 mm) | " + " | ".join(near_cells) + " |")
     lines += ["", "By lesion kind (cases holding the kind; peak inside that kind's mask), splits pooled:", ""]
     lines += ["| lesion kind | cases | Grad-CAM | Guided Grad-CAM |", "|---|---|---|---|"]
     kinds = sorted({kind for cam in cams.values() for kind in cam["per_input"]["ct"]["grad_cam"]["by_kind"]})
