@@ -479,6 +479,14 @@ def test_findings_rows_csv_and_consistency_text(lib):
     column = {name: index for index, name in enumerate(results.FINDINGS_COLUMNS)}
     assert row[column["probability"]] == "0.1235" and row[column["inputs"]] == '["ct", "pa"]'
     assert row[column["model"]] == ""  # missing keys leave the cell empty
+    assert row[column["guided_peak"]] == ""
+    peaks = {
+        "ct": {"lps_mm": [-12.5, None, 40.0], "ras_mm": [12.5, None, 40.0], "note": "two-slice model"},
+        "pa": {"pixel_rc": [5.5, 125.25]},
+        "lateral": None,
+    }
+    with_peaks = results.findingsRows([{**finding, "guided_peak": peaks}])[0][column["guided_peak"]]
+    assert with_peaks == "CT: R 12.5, A ?, S 40.0 mm; PA: row 5.5, column 125.2; lateral: none"
     parsed = list(csv.DictReader(results.findingsCsvText([finding]).splitlines()))
     assert float(parsed[0]["probability"]) == 0.123456 and parsed[0]["label"] == "TB present"
     text = results.consistencyText({"PA": {"ncc": 0.91234, "ssim": 0.5}, "LATERAL": {"ncc": 0.8, "ssim": 0.7}}, 0.856)

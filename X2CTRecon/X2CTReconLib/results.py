@@ -19,7 +19,7 @@ import numpy as np
 
 FINDINGS_COLUMNS = (
     "label", "probability", "threshold", "call", "output", "task", "inputs", "model", "ct_source", "notes",
-    "weights_sha256",
+    "guided_peak", "weights_sha256",
 )
 """Columns of the findings table and CSV, in order (keys of a ``Prediction.findings`` record; see
 x2ct.findings: one record per classifier output; a missing key leaves the cell empty)."""
@@ -40,9 +40,37 @@ def _cellText(value: Any) -> str:
     return str(value)
 
 
+_PEAK_INPUTS = (("ct", "CT"), ("pa", "PA"), ("lateral", "lateral"))
+
+
+def guidedPeakText(peaks: Optional[Mapping[str, Any]]) -> str:
+    """A finding's ``guided_peak`` (x2ct.findings.guided_peak per input) as short text: the CT peak in RAS mm
+    (Slicer's coordinates; "?" for the A axis a two-slice model cannot give), radiograph peaks as row, column."""
+    peaks = peaks or {}
+    parts = []
+    for key, name in _PEAK_INPUTS:
+        if key not in peaks:
+            continue
+        peak = peaks[key]
+        if peak is None:
+            parts.append(f"{name}: none")
+        elif key == "ct":
+            ras = ["?" if v is None else f"{v:.1f}" for v in peak["ras_mm"]]
+            parts.append(f"{name}: R {ras[0]}, A {ras[1]}, S {ras[2]} mm")
+        else:
+            parts.append(f"{name}: row {peak['pixel_rc'][0]:.1f}, column {peak['pixel_rc'][1]:.1f}")
+    return "; ".join(parts)
+
+
+def _columnText(finding: Mapping[str, Any], column: str) -> str:
+    if column == "guided_peak":
+        return guidedPeakText(finding.get(column))
+    return _cellText(finding.get(column))
+
+
 def findingsRows(findings: Sequence[Mapping[str, Any]]) -> List[List[str]]:
     """One row of cell texts per finding, in :data:`FINDINGS_COLUMNS` order (probabilities to 4 digits)."""
-    return [[_cellText(finding.get(column)) for column in FINDINGS_COLUMNS] for finding in findings]
+    return [[_columnText(finding, column) for column in FINDINGS_COLUMNS] for finding in findings]
 
 
 def findingsCsvText(findings: Sequence[Mapping[str, Any]]) -> str:
@@ -54,7 +82,7 @@ def findingsCsvText(findings: Sequence[Mapping[str, Any]]) -> str:
         row = []
         for column in FINDINGS_COLUMNS:
             value = finding.get(column)
-            row.append(repr(value) if isinstance(value, float) else _cellText(value))
+            row.append(repr(value) if isinstance(value, float) else _columnText(finding, column))
         writer.writerow(row)
     return buffer.getvalue()
 
