@@ -411,11 +411,12 @@ def test_guided_grad_cam_restores_in_place_relus_and_leaves_no_hooks_or_gradient
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_grad_cam_on_cuda_matches_cpu():
+@pytest.mark.parametrize("explain", [grad_cam, guided_grad_cam])
+def test_grad_cam_on_cuda_matches_cpu(explain):
     net = tiny("late-fusion")
     batch = random_batch()
-    on_cpu = grad_cam(net, batch, 1)
-    on_gpu = grad_cam(net.cuda(), {k: v.cuda() for k, v in batch.items()}, 1)
+    on_cpu = explain(net, batch, 1)
+    on_gpu = explain(net.cuda(), {k: v.cuda() for k, v in batch.items()}, 1)
     for key, cam in on_cpu.items():
         np.testing.assert_allclose(on_gpu[key], cam, atol=1e-4)
 
