@@ -512,6 +512,32 @@ def test_projected_lesion_mask_follows_the_cone_beam(tmp_path):
     assert abs(cols.mean() - plain[w]) > 1.5  # a plain sum along H would put it elsewhere
 
 
+def reproduction_script(monkeypatch):
+    """docs/reproduce_seed_table.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_seed_table", Path(__file__).parents[1] / "docs/reproduce_seed_table.py"
+    )
+    reproduce = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, reproduce)  # its dataclass looks itself up there
+    spec.loader.exec_module(reproduce)
+    return reproduce
+
+
+def test_reproduction_record_names_no_machine_folder(tmp_path, monkeypatch):
+    reproduce = reproduction_script(monkeypatch)
+    elsewhere = tmp_path / "big_disk" / "data"
+    elsewhere.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(elsewhere)
+    text = json.dumps({"model": str(work / "runs/a/model"), "data": str(elsewhere), "labels": f"{elsewhere}/m.csv"})
+    assert json.loads(reproduce.portable(text, work)) == {
+        "model": "WORK/runs/a/model",
+        "data": "WORK/data",
+        "labels": "WORK/data/m.csv",
+    }
+
+
 def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path, monkeypatch):
     run = tmp_path / "run"
     code, _, stderr = run_cli(
@@ -557,12 +583,7 @@ def test_cam_hit_rate_on_ct_and_pa(data, labels, synthetic, tmp_path, monkeypatc
                 assert count["hits"] == sum(kind in r["inside"] for r in records)
     assert cam["headline"]["guided_grad_cam"]["hit_rate"] == cam["per_input"]["ct"]["guided_grad_cam"]["hit_rate"]
     # the reproduction script's hit-rate table reads this schema
-    spec = importlib.util.spec_from_file_location(
-        "reproduce_seed_table", Path(__file__).parents[1] / "docs/reproduce_seed_table.py"
-    )
-    reproduce = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, reproduce)  # its dataclass looks itself up there
-    spec.loader.exec_module(reproduce)
+    reproduce = reproduction_script(monkeypatch)
     lines = reproduce.localisation_table({"test": document})
     ct = cam["per_input"]["ct"]
     assert f"**{ct['guided_grad_cam']['hits']}/2 = " in lines[5] and f"**{ct['grad_cam']['hits']}/2 = " in lines[3]

@@ -210,6 +210,18 @@ def localisation_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def portable(text: str, work: Path) -> str:
+    """``text`` with the working folder's paths written as WORK (its symlinked sub-folders' targets included),
+    so the committed JSON names no machine's folders."""
+    places = {str(work): "WORK", str(work.resolve()): "WORK"}
+    for child in work.iterdir():
+        if child.is_symlink():
+            places[str(child.resolve())] = f"WORK/{child.name}"
+    for path in sorted(places, key=len, reverse=True):  # the longest first: a target may lie inside WORK
+        text = text.replace(path, places[path])
+    return text
+
+
 def write_doc(block: str, start: str = START, end: str = END) -> None:
     text = DOC.read_text(encoding="utf-8")
     head, rest = text.split(start, 1)
@@ -258,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "wall_time_s": round(time.time() - start, 1),
             "results": results,
         }
-        RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        RESULTS.write_text(portable(json.dumps(record, indent=2, default=str), work) + "\n", encoding="utf-8")
         status = "" if done else f"\n\n**Partial run:** only {', '.join(results)} finished so far."
         write_doc(f"Command: `{command}`{status}\n\n" + "\n".join(blocks))
     if "tb" in settings.tasks:
@@ -272,7 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "results": found,
         }  # fmt: skip
         record["wall_time_s"] = round(time.time() - start, 1)
-        RESULTS.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        RESULTS.write_text(portable(json.dumps(record, indent=2, default=str), work) + "\n", encoding="utf-8")
         write_doc("\n".join(localisation_table(found)), LOC_START, LOC_END)
     print(f"wrote {RESULTS.relative_to(REPO)} and the tables in {DOC.relative_to(REPO)}")
     return 0
