@@ -239,3 +239,37 @@ def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_wer
     square[int(round(r)), int(round(c))] = 1.0
     back = guided_peak("pa", square, prediction)["pixel_rc"]
     np.testing.assert_allclose(back, spot, atol=max(box["rows"], box["cols"]) / size)
+
+
+def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
+    """The cross sits where guided_peak says: on the PA tile (pixel -> tile) and on the CT tile (LPS -> grid
+    index -> tile), also when the peak is moved; LPS goes back to the grid index it came from."""
+    from x2ct.findings import load_classifiers
+    from x2ct.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, _ct_peak_index, _tile_xy, report_picture
+
+    prediction = predict(
+        load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
+    )
+    grid = prediction.grid
+    ijk = np.array([0.7, 0.25, 0.8]) * (grid.size - 1)
+    lps = (grid.ijk_to_lps() @ np.array([*ijk, 1.0]))[:3]
+    np.testing.assert_allclose(_ct_peak_index(list(lps), prediction), ijk[::-1], atol=1e-6)
+    d, h, w = _ct_peak_index([lps[0], None, lps[2]], prediction)
+    assert h is None and np.allclose((d, w), (ijk[2], ijk[0]))
+    assert _tile_xy((0.0, 0.0), (TILE, TILE)) == (0.0, 0.0) and _tile_xy((9.5, 19.5), (20, 40)) == (127.5, 127.5)
+
+    top = _HEADER + _BANNER_HEIGHT
+    pixels = prediction.views["PA"].radiograph.pixels
+    finding = next(f for f in prediction.findings if f["output"] == "tb_present")
+    for pixel_rc, ct_lps in (
+        (finding["guided_peak"]["pa"]["pixel_rc"], finding["guided_peak"]["ct"]["lps_mm"]),
+        ([pixels.shape[0] * 0.3, pixels.shape[1] * 0.6], [lps[0], None, lps[2]]),  # moved
+    ):
+        finding["guided_peak"] = {"pa": {"pixel_rc": pixel_rc}, "ct": {"lps_mm": ct_lps}}
+        picture = np.asarray(report_picture(prediction))
+        finding["guided_peak"] = {"pa": None, "ct": None}  # an empty map: no cross
+        unmarked = np.asarray(report_picture(prediction))
+        d, _, w = _ct_peak_index(ct_lps, prediction)
+        for row, (x, y) in ((2, _tile_xy(pixel_rc, pixels.shape)), (3, _tile_xy((d, w), (grid.size, grid.size)))):
+            at = (top + row * (_LABEL + TILE) + _LABEL + int(round(y)), int(round(x)))  # first tile of rows 3 and 4
+            assert tuple(picture[at]) == (255, 255, 255) and tuple(unmarked[at]) != (255, 255, 255)

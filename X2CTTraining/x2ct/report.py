@@ -7,11 +7,13 @@ Layout (tiles of ``TILE`` pixels)::
     row 1: per input view, the radiograph as the model saw it | the re-projection of the synthetic CT (ncc, ssim)
     row 2: axial | coronal | sagittal central slices of the synthetic CT (HU window, orientation letters)
     row 3 (when classifiers ran): per finding with a radiograph map, its Grad-CAM over the PA (or lateral)
-    row 4 (when classifiers ran): per finding with a CT map, its Grad-CAM over the coronal synthetic-CT
-           slice through the map's peak
+    row 4 (when classifiers ran): per finding with a CT map, its Grad-CAM over a coronal synthetic-CT
+           slice: through the finding's Guided Grad-CAM peak when that has an anterior-posterior
+           position, else through the Grad-CAM map's peak (the central slice for two-slice classifiers)
 
 Finding labels read ``tb_present 0.73 >= 0.41 POS`` (probability, frozen threshold, call); CT tiles name
-the coronal slice (``h32`` = H index 32); heat maps use x2ct.gradcam.cam_overlay_rgb.
+the coronal slice (``h32`` = H index 32); heat maps use x2ct.gradcam.cam_overlay_rgb. A small cross marks
+the finding's Guided Grad-CAM peak (``guided_peak`` of x2ct.findings) on every heat-map tile.
 
 Radiographs are shown in their display convention (x2ct.views): PA with the patient's right on the
 image left, lateral with anterior on the left, superior up. Slices follow x2ct.preview's radiological
@@ -20,7 +22,7 @@ display of the canonical (D, H, W) array.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -68,20 +70,51 @@ def _peak_coronal_index(cam: np.ndarray) -> int:
     return cam.shape[1] // 2 if np.ptp(per_slice) == 0 else int(np.argmax(per_slice))
 
 
+def _tile_xy(pixel_rc: Tuple[float, float], shape: Tuple[int, int]) -> Tuple[float, float]:
+    """A (row, column) position on an image of ``shape`` (radiograph, CT slice) -> (x, y) on its TILE² tile."""
+    rows, cols = shape
+    return (pixel_rc[1] + 0.5) * TILE / cols - 0.5, (pixel_rc[0] + 0.5) * TILE / rows - 0.5
+
+
+def _ct_peak_index(lps_mm: List[Optional[float]], prediction: Prediction) -> Tuple[float, Optional[float], float]:
+    """A guided peak's LPS (mm; y may be None) -> continuous (d, h, w) on the synthetic CT's grid (h None with y)."""
+    centre = prediction.grid.center_lps
+    point = [centre[axis] if value is None else value for axis, value in enumerate(lps_mm)]
+    i, j, k = (np.linalg.inv(prediction.grid.ijk_to_lps()) @ np.array([*point, 1.0]))[:3]
+    return float(k), None if lps_mm[1] is None else float(j), float(i)
+
+
+def _mark(tile: Image.Image, x: float, y: float) -> None:
+    """Draw a small cross (white on a black outline) centred on (x, y) of ``tile``."""
+    draw = ImageDraw.Draw(tile)
+    for width, colour in ((4, "black"), (2, "white")):
+        draw.line([(x - 7, y), (x + 7, y)], fill=colour, width=width)
+        draw.line([(x, y - 7), (x, y + 7)], fill=colour, width=width)
+
+
 def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, Tuple[str, str, str, str]]]]:
     """Rows 3 and 4 of the report: Grad-CAM over the radiograph and over the coronal CT slice at the peak."""
     captions = {f["output"]: _finding_caption(f) for f in prediction.findings}
+    peaks = {f["output"]: f.get("guided_peak") or {} for f in prediction.findings}
     radiograph_row = []
     for key, view in (("pa", "PA"), ("lateral", LATERAL)):
         for output, cam in prediction.cams.get(key, {}).items():
             pixels = prediction.views[view].radiograph.pixels
             overlay = Image.fromarray(cam_overlay_rgb(pixels, cam)).resize((TILE, TILE), Image.BILINEAR)
+            peak = peaks.get(output, {}).get(key)
+            if peak is not None:
+                _mark(overlay, *_tile_xy(peak["pixel_rc"], pixels.shape))
             radiograph_row.append((overlay, f"{view} {captions[output]}", _RADIOGRAPH_LETTERS[view]))
     ct_row = []
+    depth, _, width = prediction.volume_hu.shape
     for output, cam in prediction.cams.get("ct", {}).items():
-        h = _peak_coronal_index(cam)
+        peak = peaks.get(output, {}).get("ct")
+        d, h_peak, w = _ct_peak_index(peak["lps_mm"], prediction) if peak is not None else (None, None, None)
+        h = _peak_coronal_index(cam) if h_peak is None else int(np.clip(round(h_peak), 0, cam.shape[1] - 1))
         gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
         overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
+        if peak is not None:
+            _mark(overlay, *_tile_xy((d, w), (depth, width)))
         ct_row.append((overlay, f"CT h{h} {captions[output]}", SLICE_LETTERS["coronal"]))
     return [row for row in (radiograph_row, ct_row) if row]
 
