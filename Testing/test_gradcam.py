@@ -19,7 +19,14 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from test_classifiers import TINY
-from x2ct.gradcam import cam_overlay_rgb, cam_volume_image, constant_along_ap, grad_cam, guided_grad_cam
+from x2ct.gradcam import (
+    cam_overlay_rgb,
+    cam_volume_image,
+    constant_along_ap,
+    grad_cam,
+    grad_cam_and_guided,
+    guided_grad_cam,
+)
 from x2ct.models import CLASSIFIER_ARCHS, build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,6 +129,8 @@ def test_guided_grad_cam_is_grad_cam_times_the_guided_input_gradient(arch):
             expected = expected / expected.max()
         np.testing.assert_allclose(guided[key], expected, atol=1e-5)
         assert guided[key].max() == 1.0  # not a vacuous comparison of two zero maps
+    both = grad_cam_and_guided(net, batch, 1)  # one pass, the same two results
+    assert all(np.array_equal(both[0][k], coarse[k]) and np.array_equal(both[1][k], guided[k]) for k in coarse)
 
 
 # ---- exact geometry on constant-weight networks -------------------------------------------------

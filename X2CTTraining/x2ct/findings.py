@@ -44,7 +44,7 @@ from .classify.checkpoint import load_classifier, thresholds_of
 from .classify.tasks import get_task
 from .data.loader import ct_to_unit
 from .errors import InputError, PathLike
-from .gradcam import constant_along_ap, grad_cam, guided_grad_cam
+from .gradcam import constant_along_ap, grad_cam_and_guided
 from .intensity import HU_OFFSET
 from .models.classifiers import ClassifierNet
 from .resources import bundled_names, resources_dir
@@ -247,6 +247,7 @@ def run_classifiers(
             logits = classifier.net(batch)[0].float().cpu().numpy()
         thresholds = thresholds_of(classifier.metadata)
         for index, output in enumerate(classifier.outputs):
+            coarse, fine = grad_cam_and_guided(classifier.net, batch, index)
             probability = 1.0 / (1.0 + math.exp(-float(logits[index])))
             threshold = thresholds[output]
             findings.append(
@@ -262,13 +263,10 @@ def run_classifiers(
                     "inputs": [INPUT_WORDS[key] for key in classifier.inputs],
                     "ct_source": classifier.ct_source,
                     "notes": _notes(classifier, prediction, output),
-                    "guided_peak": {
-                        key: guided_peak(key, fine, prediction)
-                        for key, fine in guided_grad_cam(classifier.net, batch, index).items()
-                    },
+                    "guided_peak": {key: guided_peak(key, guided, prediction) for key, guided in fine.items()},
                 }
             )
-            for key, cam in grad_cam(classifier.net, batch, index).items():
+            for key, cam in coarse.items():
                 if key == "ct":
                     placed = np.clip(_resample(cam, grid_shape, corners=True), 0.0, 1.0)
                 else:

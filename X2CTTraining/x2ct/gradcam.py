@@ -10,6 +10,7 @@ not between maps or cases).
 :func:`guided_grad_cam` multiplies each map by guided backpropagation at the input's resolution
 (Selvaraju et al. 2017, section 3.1): a finer map whose peak marks the voxels inside Grad-CAM's region
 that drive the logit (the CAM hit rate of ``x2ct evaluate-classifier`` scores both).
+:func:`grad_cam_and_guided` gives both from one pass.
 
 :func:`cam_volume_image` puts a CT map in patient space (aligned with the synthetic CT);
 :func:`cam_overlay_rgb` draws a map over a grey image (a radiograph or a CT slice).
@@ -108,10 +109,18 @@ def constant_along_ap(cam: np.ndarray) -> bool:
     return cam.ndim == 3 and cam.shape[1] > 1 and bool(np.all(cam == cam[:, :1, :]))
 
 
+def _unit(cam: Tensor) -> np.ndarray:
+    """A map divided by its maximum (an all-zero map stays zero), float32 in [0, 1] on the CPU."""
+    peak = cam.max()
+    if peak > 0:
+        cam = cam / peak
+    return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
 def _explain(
     model: ClassifierNet, batch: Mapping[str, Tensor], output_index: object, guided: bool
-) -> Dict[str, np.ndarray]:
-    """The shared body of :func:`grad_cam` and :func:`guided_grad_cam`."""
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """(Grad-CAM maps, Guided Grad-CAM maps or {} when not ``guided``): the body of the public functions."""
     try:
         index = operator.index(output_index)
     except TypeError:
@@ -130,19 +139,17 @@ def _explain(
     finally:
         for module, training in modes.items():
             module.training = training
-    result: Dict[str, np.ndarray] = {}
+    coarse: Dict[str, np.ndarray] = {}
+    fine: Dict[str, np.ndarray] = {}
     for key, cam in cams.items():
         cam = cam[0].detach().float()
+        coarse[key] = _unit(cam)
         if guided:
-            fine = saliency[key][0].detach().float()
-            if constant_along_ap(cam.cpu().numpy()):  # a coronal map: the saliency of the slices, summed along A->P
-                fine = fine.sum(1, keepdim=True).expand_as(cam)
-            cam = cam * fine
-        peak = cam.max()
-        if peak > 0:
-            cam = cam / peak
-        result[key] = cam.clamp(0, 1).cpu().numpy().astype(np.float32)
-    return result
+            gradient = saliency[key][0].detach().float()
+            if constant_along_ap(coarse[key]):  # a coronal map: the saliency of the slices, summed along A->P
+                gradient = gradient.sum(1, keepdim=True).expand_as(cam)
+            fine[key] = _unit(cam * gradient)
+    return coarse, fine
 
 
 def grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: int) -> Dict[str, np.ndarray]:
@@ -160,7 +167,7 @@ def grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: in
     parameter ``.grad`` is changed. Works under a caller's ``torch.no_grad()`` or
     ``torch.inference_mode()`` (gradients are switched on locally).
     """
-    return _explain(model, batch, output_index, guided=False)
+    return _explain(model, batch, output_index, guided=False)[0]
 
 
 def guided_grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_index: int) -> Dict[str, np.ndarray]:
@@ -174,6 +181,14 @@ def guided_grad_cam(model: ClassifierNet, batch: Mapping[str, Tensor], output_in
     why the CAM hit rate reports it next to Grad-CAM's (docs/classifiers.md). Two-slice models: the
     saliency of the two central slices is summed along A->P, so the map stays constant along H.
     """
+    return _explain(model, batch, output_index, guided=True)[1]
+
+
+def grad_cam_and_guided(
+    model: ClassifierNet, batch: Mapping[str, Tensor], output_index: int
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """(:func:`grad_cam`, :func:`guided_grad_cam`) of the same case and logit from one pass (the Grad-CAM
+    part is computed once), for callers that need both."""
     return _explain(model, batch, output_index, guided=True)
 
 

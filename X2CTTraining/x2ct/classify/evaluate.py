@@ -189,9 +189,8 @@ def cam_hit_rates(
 ) -> Dict[str, Any]:
     """The CAM hit rate per output, input map and method (see :data:`CAM_HIT_DEFINITION`), with Wilson 95 % CIs,
     a count per lesion kind and per-case peaks."""
-    from ..gradcam import constant_along_ap, grad_cam, guided_grad_cam
+    from ..gradcam import constant_along_ap, grad_cam_and_guided
 
-    explain = dict(zip(CAM_METHODS, (grad_cam, guided_grad_cam)))
     task: Task = dataset.task
     targets = dataset.targets
     result: Dict[str, Any] = {"definition": CAM_HIT_DEFINITION, "methods": list(CAM_METHODS), "outputs": {}}
@@ -208,8 +207,9 @@ def cam_hit_rates(
             union = np.any(list(masks.values()), axis=0)
             batch = collate([dataset[i]], device)
             record: Dict[str, Any] = {"case_id": dataset.case_ids[i], "kinds": sorted(masks)}
-            for method, function in explain.items():
-                for key, cam in function(net, {key: batch[key] for key in inputs}, k).items():
+            maps = grad_cam_and_guided(net, {key: batch[key] for key in inputs}, k)
+            for method, by_input in zip(CAM_METHODS, maps):
+                for key, cam in by_input.items():
                     if key == "ct" and constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
                         cam = cam[:, 0, :]
                     on_map = {kind: _mask_on_map(mask, key, cam, geo) for kind, mask in masks.items()}
