@@ -208,12 +208,18 @@ def cam_hit_rates(
             batch = collate([dataset[i]], device)
             record: Dict[str, Any] = {"case_id": dataset.case_ids[i], "kinds": sorted(masks)}
             maps = grad_cam_and_guided(net, {key: batch[key] for key in inputs}, k)
+            placed: Dict[Tuple[str, Tuple[int, ...]], Tuple[np.ndarray, Dict[str, np.ndarray]]] = {}
             for method, by_input in zip(CAM_METHODS, maps):
                 for key, cam in by_input.items():
                     if key == "ct" and constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
                         cam = cam[:, 0, :]
-                    on_map = {kind: _mask_on_map(mask, key, cam, geo) for kind, mask in masks.items()}
-                    hit, near, peak = _hit(cam, _mask_on_map(union, key, cam, geo))  # (d, h, w), (d, w), (row, col)
+                    if (key, cam.shape) not in placed:  # the masks on this map's grid, shared by both methods
+                        placed[key, cam.shape] = (
+                            _mask_on_map(union, key, cam, geo),
+                            {kind: _mask_on_map(mask, key, cam, geo) for kind, mask in masks.items()},
+                        )
+                    union_on_map, on_map = placed[key, cam.shape]
+                    hit, near, peak = _hit(cam, union_on_map)  # peak: (d, h, w), (d, w), (row, col)
                     inside = sorted(kind for kind, mask in on_map.items() if mask[tuple(peak)])
                     empty = {"n": 0, "hits": 0, "hits_dilated": 0, "zero_maps": 0, "by_kind": {}}
                     tally = tallies.setdefault(key, {}).setdefault(method, empty)
