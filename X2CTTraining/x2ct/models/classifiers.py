@@ -154,9 +154,9 @@ class ZunairTrunk(nn.Module):
     peaks near a cell centre. The second block is the deepest whose features are lesion-sized; its
     channels are still weighted by the gradient of the whole head, so the map stays class-specific.
     Before the pooling rather than after it halves the cell (the pooled grid is 1/4): on the synthetic
-    benchmark's 64³ real-CT TB classifier the peak lies inside a lesion mask in 59 / 35 / 48 % of the
-    test / validation / training positives instead of 41 / 23 / 36 %, and the first or third block does
-    worse (docs/classifier_reproduction.md). Taking the activations before the batch norm matters too:
+    benchmark's 64³ real-CT TB classifier the Grad-CAM peak lies inside a lesion mask in 24 of 58
+    held-out positives instead of 16, and the first or third block does worse (9 and 15; the table in
+    docs/classifier_reproduction.md). Taking the activations before the batch norm matters too:
     Grad-CAM assumes non-negative activations, and in eval mode the norm is a per-channel affine map whose
     offsets only add a constant that can push the whole ReLU'd map to zero.
     """
