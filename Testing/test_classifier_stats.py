@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from x2ct.errors import MissingExtraError
 from x2ct.evaluate import classifier_stats as cs
 
 Z95 = 1.959963984540054  # standard normal 0.975 quantile
@@ -254,12 +255,12 @@ def test_missing_eval_extra_gives_clear_error(monkeypatch, tmp_path):
     assert fresh.delong_auc(y, a).auc == pytest.approx(cs.delong_auc(y, a).auc)
 
     expected = r"^\w+ needs the eval extra: pip install 'x2ct\[eval\]' \(cannot import "
-    with pytest.raises(RuntimeError, match=expected + r"sklearn\.metrics") as error:
+    with pytest.raises(MissingExtraError, match=expected + r"sklearn\.metrics") as error:
         fresh.youden_threshold(y, a)
     assert "\n" not in str(error.value)
-    with pytest.raises(RuntimeError, match=expected + r"statsmodels\.stats\.proportion"):
+    with pytest.raises(MissingExtraError, match=expected + r"statsmodels\.stats\.proportion"):
         fresh.wilson_interval(3, 10)
-    with pytest.raises(RuntimeError, match=expected + r"sklearn\.metrics"):
+    with pytest.raises(MissingExtraError, match=expected + r"sklearn\.metrics"):
         fresh.roc_png({"a": (y, a)}, tmp_path / "roc.png", "t")
     assert not (tmp_path / "roc.png").exists()
 
@@ -267,5 +268,5 @@ def test_missing_eval_extra_gives_clear_error(monkeypatch, tmp_path):
 def test_missing_matplotlib_only(monkeypatch, tmp_path):
     y, a, _ = _tied_data(3)
     _hide(monkeypatch, "matplotlib")
-    with pytest.raises(RuntimeError, match=r"^roc_png needs the eval extra: .*cannot import matplotlib"):
+    with pytest.raises(MissingExtraError, match=r"^roc_png needs the eval extra: .*cannot import matplotlib"):
         cs.roc_png({"a": (y, a)}, tmp_path / "roc.png", "t")

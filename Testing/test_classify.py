@@ -246,7 +246,7 @@ def test_tb_type_keeps_only_tb_positive_cases(data):
     expected = [[int(r[c]) for c in TASKS["tb_type"].columns] for r in manifest if r["tb_present"] == "1"]
     assert ds.targets.tolist() == expected
     item = ds[0]
-    assert item["pa"].shape == (1, 32, 32) and item["target"].shape == (3,) and "ct" not in item
+    assert item.images["pa"].shape == (1, 32, 32) and item.target.shape == (3,) and "ct" not in item.images
     activity = ClassifierDataset(data, None, "tb_activity", "all", ["pa"], size_xray=32)
     assert activity.case_ids == positive  # tb_active is blank (n/a) on TB-negative cases
 
@@ -257,8 +257,9 @@ def test_real_ct_items_are_the_loader_transform(data, labels):
     item = ds[1]
     with h5py.File(data / ds.case_ids[1] / "ct_xray_data.h5", "r") as f:
         lateral = f["xray2"][...]
-    np.testing.assert_array_equal(item["lateral"][0].numpy(), xray_to_unit(lateral, 32))
-    assert item["ct"].shape == (1, 32, 32, 32) and 0 <= float(item["ct"].min()) and float(item["ct"].max()) <= 1
+    np.testing.assert_array_equal(item.images["lateral"][0].numpy(), xray_to_unit(lateral, 32))
+    ct = item.images["ct"]
+    assert ct.shape == (1, 32, 32, 32) and 0 <= float(ct.min()) and float(ct.max()) <= 1
 
 
 BAD_LABELS = [
@@ -349,7 +350,7 @@ def test_synthetic_ct_source_is_checked(data, labels, synthetic, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(synthetic, source)
     ds = ClassifierDataset(data, labels, "tb", "val", ["ct"], ct_source=source, size_ct=32)
-    assert ds[0]["ct"].shape == (1, 32, 32, 32)
+    assert ds[0].images["ct"].shape == (1, 32, 32, 32)
     off_grid = sitk.ReadImage(str(source / "synth-s5-00005" / "synthetic_ct.nrrd"))
     off_grid.SetSpacing((1.0, 1.0, 1.0))
     sitk.WriteImage(off_grid, str(source / "synth-s5-00005" / "synthetic_ct.nrrd"))

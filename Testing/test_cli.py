@@ -219,3 +219,53 @@ def test_convert_checkpoint_refuses_a_pickle_with_code(tmp_path: Path):
     assert "this must never run" not in result.stdout
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(f"x2ct: error: {evil}: ")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_shared_options_are_declared_once_with_their_defaults():
+    from x2ct.cli import build_parser
+    from x2ct.drr import DRRGeometry
+
+    parser = build_parser()
+    geometry = (DRRGeometry.sad_mm, DRRGeometry.sid_mm, DRRGeometry.detector_mm)
+    for command in (["drr", "ct.nii", "-o", "out"], ["build-dataset", "out"]):
+        args = parser.parse_args(command)
+        assert (args.sad, args.sid, args.detector_mm) == geometry
+    devices = {
+        "drr": (["ct.nii", "-o", "out"], "cpu"),
+        "predict": (["-o", "out"], "auto"),
+        "demo": ([], "auto"),
+        "synthesize-ct": (["--model", "m", "--data", "d", "-o", "out"], "auto"),
+        "evaluate-generator": (["--model", "m", "--data", "d", "-o", "out"], "auto"),
+        "evaluate-classifier": (["--model", "m", "--data", "d", "-o", "out"], "auto"),
+        "train-generator": ([], None),  # the config file's default
+        "train-classifier": ([], None),
+    }
+    for command, (rest, default) in devices.items():
+        assert parser.parse_args([command, *rest]).device == default, command
+    assert parser.parse_args(["drr", "ct.nii", "-o", "out", "--device", "cuda:1"]).device == "cuda:1"
+
+
+def test_under_torchrun_errors_name_the_rank_and_single_process_commands_refuse(
+    sample_ct_path: Path, tmp_path: Path, capsys, monkeypatch
+):
+    import x2ct.inference
+    from x2ct.distributed import PeerFailure
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for args in (["info", str(sample_ct_path)], ["predict", "--pa", "x.png", "-o", str(tmp_path / "p")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"x2ct: error: rank 1: {args[0]}") and "one process" in err and "\n" not in err
+    manifest = tmp_path / "missing.csv"
+    assert main(["predict", "--manifest", str(manifest), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"x2ct: error: rank 1: {manifest}: manifest file not found"
+
+    def peer_gone(*args, **kwargs):
+        raise PeerFailure("gathering results failed: another rank stopped or cannot be reached (closed)")
+
+    monkeypatch.setattr(x2ct.inference, "predict_manifest", peer_gone)
+    assert main(["predict", "--manifest", str(manifest), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("x2ct: error: rank 1: gathering results failed") and "\n" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p").exists()

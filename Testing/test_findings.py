@@ -21,11 +21,21 @@ from PIL import Image
 from test_predict import LATERAL_PNG, PA_PNG, make_resources, run
 from x2ct.classify.checkpoint import save_classifier
 from x2ct.data.loader import ct_to_unit
-from x2ct.findings import bundled_classifier_names, guided_peak, to_radiograph_frame
+from x2ct.inference import (
+    InputSpec,
+    RadiographPeak,
+    VolumePeak,
+    bundled_classifier_names,
+    load_classifiers,
+    load_model,
+    predict,
+)
+from x2ct.inference.findings import guided_peak
+from x2ct.inference.preprocess import preprocess
 from x2ct.io import read_radiograph
 from x2ct.models.classifiers import build_classifier
-from x2ct.pipeline import InputSpec, load_model, predict, preprocess
 from x2ct.resources import RESOURCES_ENV
+from x2ct.views import CT_KEY, PA, PA_KEY
 
 FINDING_KEYS = {
     "task", "output", "label", "probability", "threshold", "call", "model", "weights_sha256", "inputs", "ct_source",
@@ -147,7 +157,7 @@ def test_no_classifiers_writes_no_findings(resources: Path, tmp_path: Path, caps
 
 @pytest.mark.parametrize("spacing", [None, (0.4, 0.4), (1.2, 1.2)], ids=["unknown", "pad", "crop"])
 def test_maps_go_back_onto_the_radiographs_own_pixels(tmp_path: Path, spacing):
-    """The model input mapped back with to_radiograph_frame lands on the radiograph where it came from:
+    """The model input mapped back by its InputFrame lands on the radiograph where it came from:
     an asymmetric picture (bright block at the top left) is recovered in place for a crop, a pad and the
     unknown-spacing square."""
     rows, cols = 300, 240
@@ -164,11 +174,12 @@ def test_maps_go_back_onto_the_radiographs_own_pixels(tmp_path: Path, spacing):
         radiograph.metadata["format"] = "png"
     spec = InputSpec(size=64, drr_size=64, quantize_bits=8)
     prepared = preprocess(radiograph, spec)
-    back = to_radiograph_frame(prepared.model_input, prepared)
+    frame = prepared.frame
+    back = frame.to_radiograph(prepared.model_input)
     assert back.shape == (rows, cols)
-    box = prepared.record["window_px"]
+    assert prepared.record["window_px"] == frame.to_record()
     inside = np.zeros_like(pixels, dtype=bool)
-    inside[max(box["top"], 0) : box["top"] + box["rows"], max(box["left"], 0) : box["left"] + box["cols"]] = True
+    inside[max(frame.top, 0) : frame.top + frame.rows, max(frame.left, 0) : frame.left + frame.cols] = True
     assert np.all(back[~inside] == 0)
     a, b = back[inside] - back[inside].mean(), pixels[inside] - pixels[inside].mean()
     assert float(a @ b / np.sqrt((a @ a) * (b @ b))) > 0.9
@@ -177,19 +188,18 @@ def test_maps_go_back_onto_the_radiographs_own_pixels(tmp_path: Path, spacing):
 
 
 def test_predict_api_fills_findings_and_maps_on_the_outputs_grids(resources: Path):
-    from x2ct.findings import load_classifiers
-
     model = load_model("x2ct-demo-biplanar")
     classifiers = load_classifiers(["tiny-tb"])
     prediction = predict(model, PA_PNG, LATERAL_PNG, classifiers=classifiers)
-    assert prediction.cams["ct"]["tb_present"].shape == prediction.volume_hu.shape
-    assert prediction.cams["pa"]["tb_present"].shape == prediction.views["PA"].radiograph.pixels.shape
+    assert prediction.heat_maps.ct["tb_present"].shape == prediction.volume_hu.shape
+    assert prediction.heat_maps.radiographs[PA]["tb_present"].shape == prediction.views[PA].radiograph.pixels.shape
+    assert list(prediction.heat_maps.by_input_key()) == [CT_KEY, PA_KEY]
     assert "classifiers" in prediction.timings_s
     assert predict(model, PA_PNG, LATERAL_PNG).findings == []
 
 
 def test_report_shows_the_coronal_slice_of_the_map_peak_or_the_central_one():
-    from x2ct.report import _peak_coronal_index
+    from x2ct.inference.report import _peak_coronal_index
 
     cam = np.zeros((8, 16, 8), dtype=np.float32)
     cam[3, 11, 5] = 1.0
@@ -203,8 +213,6 @@ def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_wer
     the classifier sees it (ct_to_unit), peaks where guided_peak says (LPS and RAS, within one classifier
     voxel); a bright pixel of the radiograph, taken to the model-input square as the classifier sees it,
     comes back onto its own pixel; a two-slice (coronal) map has no A->P position; an empty map has no peak."""
-    from x2ct.findings import load_classifiers
-
     prediction = predict(
         load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
     )
@@ -214,38 +222,37 @@ def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_wer
     volume = np.full(grid.shape_dhw, -1000.0, dtype=np.float32)
     volume[ijk[2] - 2 : ijk[2] + 3, ijk[1] - 2 : ijk[1] + 3, ijk[0] - 2 : ijk[0] + 3] = 1000.0
     small = ct_to_unit(volume + 1024.0, 32)
-    peak = guided_peak("ct", small, prediction)
+    peak = guided_peak(CT_KEY, small, prediction)
     expected_lps = (grid.ijk_to_lps() @ np.array([*ijk, 1.0]))[:3]
     expected_ras = (grid.ijk_to_ras() @ np.array([*ijk, 1.0]))[:3]
     tolerance = grid.extent_mm / 32
-    np.testing.assert_allclose(peak["lps_mm"], expected_lps, atol=tolerance)
-    np.testing.assert_allclose(peak["ras_mm"], expected_ras, atol=tolerance)
-    assert "note" not in peak
+    np.testing.assert_allclose(peak.lps_mm, expected_lps, atol=tolerance)
+    np.testing.assert_allclose(peak.ras_mm, expected_ras, atol=tolerance)
+    assert peak.note is None and "note" not in peak.to_dict()
 
     coronal = np.repeat(small.max(axis=1, keepdims=True), 32, axis=1)
-    flat = guided_peak("ct", coronal, prediction)
-    assert flat["lps_mm"][1] is None and flat["ras_mm"][1] is None and "note" in flat
-    np.testing.assert_allclose([flat["lps_mm"][0], flat["lps_mm"][2]], expected_lps[[0, 2]], atol=tolerance)
-    assert guided_peak("ct", np.zeros_like(small), prediction) is None
+    flat = guided_peak(CT_KEY, coronal, prediction)
+    assert flat.lps_mm[1] is None and flat.ras_mm[1] is None and "note" in flat.to_dict()
+    np.testing.assert_allclose([flat.lps_mm[0], flat.lps_mm[2]], expected_lps[[0, 2]], atol=tolerance)
+    assert guided_peak(CT_KEY, np.zeros_like(small), prediction) is None
 
-    view = prediction.views["PA"]
+    view = prediction.views[PA]
     rows, cols = view.radiograph.pixels.shape
     spot = (rows // 3, 2 * cols // 3)
-    box = view.record["window_px"]
+    frame = view.frame
     size = 48  # a classifier input size other than the generator's
-    r = (spot[0] - box["top"] + 0.5) * size / box["rows"] - 0.5
-    c = (spot[1] - box["left"] + 0.5) * size / box["cols"] - 0.5
+    r = (spot[0] - frame.top + 0.5) * size / frame.rows - 0.5
+    c = (spot[1] - frame.left + 0.5) * size / frame.cols - 0.5
     square = np.zeros((size, size), dtype=np.float32)
     square[int(round(r)), int(round(c))] = 1.0
-    back = guided_peak("pa", square, prediction)["pixel_rc"]
-    np.testing.assert_allclose(back, spot, atol=max(box["rows"], box["cols"]) / size)
+    back = guided_peak(PA_KEY, square, prediction).pixel_rc
+    np.testing.assert_allclose(back, spot, atol=max(frame.rows, frame.cols) / size)
 
 
 def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
     """The cross sits where guided_peak says: on the PA tile (pixel -> tile) and on the CT tile (LPS -> grid
     index -> tile), also when the peak is moved; LPS goes back to the grid index it came from."""
-    from x2ct.findings import load_classifiers
-    from x2ct.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, _ct_peak_index, _tile_xy, report_picture
+    from x2ct.inference.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, _ct_peak_index, _tile_xy, report_picture
 
     prediction = predict(
         load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
@@ -259,15 +266,15 @@ def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
     assert _tile_xy((0.0, 0.0), (TILE, TILE)) == (0.0, 0.0) and _tile_xy((9.5, 19.5), (20, 40)) == (127.5, 127.5)
 
     top = _HEADER + _BANNER_HEIGHT
-    pixels = prediction.views["PA"].radiograph.pixels
-    finding = next(f for f in prediction.findings if f["output"] == "tb_present")
+    pixels = prediction.views[PA].radiograph.pixels
+    finding = next(f for f in prediction.findings if f.output == "tb_present")
     for pixel_rc, ct_lps in (
-        (finding["guided_peak"]["pa"]["pixel_rc"], finding["guided_peak"]["ct"]["lps_mm"]),
-        ([pixels.shape[0] * 0.3, pixels.shape[1] * 0.6], [lps[0], None, lps[2]]),  # moved
+        (finding.guided_peak[PA_KEY].pixel_rc, finding.guided_peak[CT_KEY].lps_mm),
+        ((pixels.shape[0] * 0.3, pixels.shape[1] * 0.6), (lps[0], None, lps[2])),  # moved
     ):
-        finding["guided_peak"] = {"pa": {"pixel_rc": pixel_rc}, "ct": {"lps_mm": ct_lps}}
+        finding.guided_peak = {PA_KEY: RadiographPeak(pixel_rc), CT_KEY: VolumePeak(lps_mm=ct_lps, ras_mm=ct_lps)}
         picture = np.asarray(report_picture(prediction))
-        finding["guided_peak"] = {"pa": None, "ct": None}  # an empty map: no cross
+        finding.guided_peak = {PA_KEY: None, CT_KEY: None}  # an empty map: no cross
         unmarked = np.asarray(report_picture(prediction))
         d, _, w = _ct_peak_index(ct_lps, prediction)
         for row, (x, y) in ((2, _tile_xy(pixel_rc, pixels.shape)), (3, _tile_xy((d, w), (grid.size, grid.size)))):

@@ -1,8 +1,9 @@
 """X2CT-GAN models and checkpoints: official-format compatibility, inference semantics, safe loading.
 
-The three manifests in Testing/data/ are copies of ../shared/reference/x2ct_official_*_manifest.tsv
-(one ``name<TAB>shape`` line per entry of the official state_dicts). Official-size networks are only
-built and loaded here, never run: full-size forward passes belong to bench/generator.py.
+The three manifests in Testing/data/ list every state_dict entry of the official X2CT-GAN networks
+(kylekma/X2CT, built with its ``3DGAN/lib/model/nets/factory.py``), one ``name<TAB>shape`` line each.
+Official-size networks are only built and loaded here, never run: full-size forward passes belong to
+bench/generator.py.
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def test_conversion_round_trips_and_sha256_is_checked(tmp_path: Path) -> None:
     meta_path = convert_checkpoint(src, tmp_path / "tiny.safetensors", metrics={"note": "untrained"})
     metadata = json.loads(meta_path.read_text())
     assert metadata["architecture"] == "x2ct_gan_biplanar"
-    assert metadata["hyperparameters"] == {"grid_size": 64, "width": 0.125}
+    assert metadata["hyperparameters"] == {"grid_size": 64, "width": 0.125, "dropout": 0.5}
     assert metadata["metrics"] == {"note": "untrained"} and metadata["intensity"]["unit_range"] == 2500.0
     folder_meta = convert_checkpoint(tmp_path / "tiny.safetensors", tmp_path / "tiny_folder")
     assert folder_meta == tmp_path / "tiny_folder" / "model.json"
@@ -263,7 +264,7 @@ def test_saving_is_byte_reproducible(tmp_path: Path) -> None:
             "format": "x2ct-generator",
             "format_version": 1,
             "architecture": "x2ct_gan_singleview",
-            "hyperparameters": {"grid_size": 64, "width": 0.125},
+            "hyperparameters": {"grid_size": 64, "width": 0.125, "dropout": 0.5},
         }
     assert all(item == saved[0] for item in saved[1:])
     assert saved[0][2] == hashlib.sha256(saved[0][0]).hexdigest()

@@ -1,4 +1,4 @@
-"""The inference pipeline (x2ct.pipeline): preprocessing, re-projection check, output geometry, progress/cancel.
+"""The inference pipeline (x2ct.inference): preprocessing, re-projection check, output geometry, progress/cancel.
 
 Generators here are stand-ins with known outputs (a volume with a blob at the patient's left, or the
 real sample CT itself), so the geometry of the written NRRD can be checked exactly. The trained
@@ -19,19 +19,12 @@ from radiograph_factory import write_dx
 from x2ct.data.body import masked_canonical_ct
 from x2ct.errors import InputError
 from x2ct.geometry import DIRECTION_LPS, CanonicalGrid, labels_to_canonical
+from x2ct.inference import InputSpec, LoadedModel, PredictionCancelled, load_model, predict, write_prediction
+from x2ct.inference.models import input_spec_from_metadata
+from x2ct.inference.preprocess import match_intensity, preprocess
 from x2ct.intensity import hu_to_unit
 from x2ct.io import read_ct, read_radiograph
-from x2ct.pipeline import (
-    InputSpec,
-    LoadedModel,
-    PredictionCancelled,
-    input_spec_from_metadata,
-    match_intensity,
-    predict,
-    preprocess,
-    resolve_device,
-    write_prediction,
-)
+from x2ct.models.checkpoints import resolve_device
 from x2ct.resources import resources_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,8 +172,6 @@ def test_trained_biplanar_model_puts_the_heart_on_the_patients_left(
     is resampled onto the written NRRD by physical position; the synthetic CT must be denser inside
     the heart than inside the heart's left-right mirror image (which is right lung).
     """
-    from x2ct.pipeline import load_model
-
     assert resources_dir()  # the bundled model is found through the Resources folder
     model = load_model("x2ct-demo-biplanar", "cpu")
     prediction = predict(model, RADIOGRAPHS / "pa.png", RADIOGRAPHS / "lateral.png")

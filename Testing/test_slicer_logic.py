@@ -83,7 +83,7 @@ def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
     assert results.prediction.model.name == "x2ct-demo-biplanar"
     selftest.checkSyntheticCT(fake, results)
     selftest.checkFindingsTable(results, results.prediction.findings)
-    outputs = sorted(f["output"] for f in results.prediction.findings)  # the bundled demo classifiers
+    outputs = sorted(f.output for f in results.prediction.findings)  # the bundled demo classifiers
     assert outputs == ["pe_present", "tb_active", "tb_calcification", "tb_cavitation", "tb_granuloma", "tb_present"]
     assert results.heatMapOutputs == outputs and set(results.heatMaps) == {"ct", "pa"}
     assert fake.app.layoutManager().layout == fake.vtkMRMLLayoutNode.SlicerLayoutFourUpView
@@ -101,6 +101,35 @@ def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
     selftest.checkSliceLayers(fake, results, logic)
     assert results.heatMapOutputs == sorted(selftest.STAND_IN_OUTPUTS)
     assert fake.app.layoutManager().rotatedTo == lateral.GetID()  # the last showSliceLayers call
+
+
+def test_a_new_run_shows_heat_maps_with_the_parameter_nodes_threshold_and_opacity(recon_gui):
+    """process() without explicit values takes the heat-map threshold and opacity from the parameter node (the
+    panel's sliders), not showPrediction's defaults."""
+    module, fake = recon_gui
+    logic = _logic(module)
+    parameters = logic.getParameterNode()
+    parameters.heatMapThreshold, parameters.heatMapOpacity = 0.65, 0.85
+    pa, lateral = _samples(fake)
+    results = logic.process(pa, lateral, device="cpu", waitForCompletion=True)
+    maps = [volume for byOutput in results.heatMaps.values() for volume in byOutput.values()]
+    thresholds = [volume.GetScalarVolumeDisplayNode().GetLowerThreshold() for volume in maps]
+    assert thresholds and thresholds == pytest.approx([0.65] * len(thresholds))  # the demo classifiers' maps
+    assert _foregroundOpacities(fake) == pytest.approx([0.85] * 3)  # the three slice views
+    # values given to process() win over the parameter node's
+    results = logic.process(pa, lateral, device="cpu", heatMapThreshold=0.2, heatMapOpacity=0.3)
+    volume = next(iter(results.heatMaps["ct"].values()))
+    assert volume.GetScalarVolumeDisplayNode().GetLowerThreshold() == pytest.approx(0.2)
+    assert _foregroundOpacities(fake) == pytest.approx([0.3] * 3)
+
+
+def _foregroundOpacities(fake) -> List[float]:
+    """The foreground opacity of every slice view of the scene."""
+    scene = fake.mrmlScene
+    return [
+        scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode").GetForegroundOpacity()
+        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
 
 
 def test_background_run_reports_progress_and_cancel_adds_nothing(recon):
@@ -203,7 +232,9 @@ def test_unplaceable_radiograph_heat_map_becomes_a_warning(recon):
     pa, lateral = _samples(fake)
     results = logic.process(pa, lateral, device="cpu", showResult=False)
     prediction = selftest.addStandInClassifierOutputs(results.prediction)
-    prediction.cams["pa"]["nodule_present"] = np.zeros((8, 8), np.float32)
+    from x2ct.views import PA
+
+    prediction.heat_maps.radiographs[PA]["nodule_present"] = np.zeros((8, 8), np.float32)
     results = logic.showPrediction(prediction, pa, lateral, showResult=False)
     assert "nodule_present" not in results.heatMaps["pa"] and "tb_present" in results.heatMaps["pa"]
     assert any("Grad-CAM nodule_present on pa not shown" in warning for warning in results.warnings)
@@ -356,8 +387,8 @@ def test_save_nrrd_findings_csv_and_dicom_export(recon, tmp_path):
 
     with open(logic.saveFindingsCSV(results, str(tmp_path / "findings.csv")), newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["output"] for row in rows] == [f["output"] for f in results.prediction.findings]
-    assert float(rows[1]["probability"]) == results.prediction.findings[1]["probability"]
+    assert [row["output"] for row in rows] == [f.output for f in results.prediction.findings]
+    assert float(rows[1]["probability"]) == results.prediction.findings[1].probability
 
     folder = Path(logic.exportToDicomDatabase(results))
     (imported, copied), = fake.dicomDatabase.imported
@@ -383,7 +414,7 @@ def test_batch_script_writes_what_x2ct_predict_writes(recon, tmp_path, monkeypat
     import x2ct_batch
     from X2CTReconLib import selftest
 
-    from x2ct.pipeline import predict_to_folder
+    from x2ct.inference import predict_to_folder
 
     pa, lateral = selftest.sampleRadiographPaths()
     out = tmp_path / "batch"
@@ -472,20 +503,28 @@ def test_background_task_hands_over_progress_result_and_errors(lib):
 
 
 def test_findings_rows_csv_and_consistency_text(lib):
+    from dataclasses import replace
+
+    from x2ct.inference import Finding, RadiographPeak, VolumePeak
+
     results = lib.results
-    finding = {"label": "TB present", "output": "tb_present", "probability": 0.123456, "threshold": 0.5,
-               "call": "negative", "inputs": ["ct", "pa"], "notes": []}
+    finding = Finding(
+        task="tb", output="tb_present", label="TB present", probability=0.123456, threshold=0.5, call="negative",
+        model="tiny", weights_sha256=None, inputs=["PA radiograph", "synthetic CT"], ct_source=None, notes=[],
+        guided_peak={},
+    )
     row = results.findingsRows([finding])[0]
     column = {name: index for index, name in enumerate(results.FINDINGS_COLUMNS)}
-    assert row[column["probability"]] == "0.1235" and row[column["inputs"]] == '["ct", "pa"]'
-    assert row[column["model"]] == ""  # missing keys leave the cell empty
+    assert row[column["probability"]] == "0.1235"
+    assert row[column["inputs"]] == '["PA radiograph", "synthetic CT"]'
+    assert row[column["weights_sha256"]] == row[column["ct_source"]] == ""  # None leaves the cell empty
     assert row[column["guided_peak"]] == ""
     peaks = {
-        "ct": {"lps_mm": [-12.5, None, 40.0], "ras_mm": [12.5, None, 40.0], "note": "two-slice model"},
-        "pa": {"pixel_rc": [5.5, 125.25]},
+        "ct": VolumePeak(lps_mm=(-12.5, None, 40.0), ras_mm=(12.5, None, 40.0), note="two-slice model"),
+        "pa": RadiographPeak(pixel_rc=(5.5, 125.25)),
         "lateral": None,
     }
-    with_peaks = results.findingsRows([{**finding, "guided_peak": peaks}])[0][column["guided_peak"]]
+    with_peaks = results.findingsRows([replace(finding, guided_peak=peaks)])[0][column["guided_peak"]]
     assert with_peaks == "CT: R 12.5, A ?, S 40.0 mm; PA: row 5.5, column 125.2; lateral: none"
     parsed = list(csv.DictReader(results.findingsCsvText([finding]).splitlines()))
     assert float(parsed[0]["probability"]) == 0.123456 and parsed[0]["label"] == "TB present"

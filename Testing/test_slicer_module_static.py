@@ -519,7 +519,7 @@ def test_top_level_cmake_bundles_models_and_sample_radiographs_where_x2ct_looks(
     assert "parents[2]" in resources_py.read_text()
     for item in ("Resources/Models", "Resources/SampleData/radiographs"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{item}" in text and (REPO / item).is_dir(), item
-    assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Classifiers" in text  # x2ct.findings.CLASSIFIERS_FOLDER
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Classifiers" in text  # x2ct.inference.models.CLASSIFIERS_FOLDER
 
 
 # --- (g) dependencies and the README's API table ---------------------------------------------------------

@@ -23,12 +23,12 @@ from safetensors.torch import load_file
 
 from edited_defaults import import_with_edited_defaults
 from x2ct.cli import main
-from x2ct.data.loader import X2CTDataset, ct_to_unit, xray_to_unit
+from x2ct.data.loader import CaseDataset, collate, ct_to_unit, generator_sizes, xray_to_unit
 from x2ct.errors import InputError
 from x2ct.evaluate.image_metrics import METRIC_NAMES, PROTOCOL_VERSION
 from x2ct.losses import discriminator_loss, generator_loss, projection
 from x2ct.train.config import DEFAULT_CONFIG, TrainConfig, load_config, parse_overrides
-from x2ct.train.generator import tensorboard_writer
+from x2ct.train.engine import tensorboard_writer
 
 TINY = [
     "grid_size=64",
@@ -95,30 +95,35 @@ def straight_run(dataset, tmp_path_factory) -> Path:
 
 
 def test_loader_transform_is_the_official_one(dataset):
-    ds = X2CTDataset(dataset, "train", size=64, views=2)
+    ds = CaseDataset(dataset, "train", generator_sizes(64, 2))
     assert len(ds) == 3 and ds.case_ids == sorted(ds.case_ids)
     item = ds[1]
-    with h5py.File(dataset / ds.rows[1]["path"], "r") as f:
+    with h5py.File(ds.case_file(1), "r") as f:
         ct, pa, lateral = f["ct"][...], f["xray1"][...], f["xray2"][...]
-    assert item["ct"].shape == (1, 64, 64, 64) and item["pa"].shape == (1, 64, 64) and item["ct"].dtype == torch.float32
-    np.testing.assert_array_equal(item["ct"][0].numpy(), np.round(ct / 2500.0, 6).astype(np.float32))
-    np.testing.assert_array_equal(item["lateral"][0].numpy(), np.round(lateral / 255.0, 6).astype(np.float32))
-    again = X2CTDataset(dataset, "train", size=64, views=2, cache=False)[1]
-    assert all(torch.equal(item[k], again[k]) for k in ("ct", "pa", "lateral"))
+    images = item.images
+    assert images["ct"].shape == (1, 64, 64, 64) and images["pa"].shape == (1, 64, 64)
+    assert images["ct"].dtype == torch.float32 and item.target is None
+    np.testing.assert_array_equal(images["ct"][0].numpy(), np.round(ct / 2500.0, 6).astype(np.float32))
+    np.testing.assert_array_equal(images["lateral"][0].numpy(), np.round(lateral / 255.0, 6).astype(np.float32))
+    again = CaseDataset(dataset, "train", generator_sizes(64, 2), cache=False)[1]
+    assert all(torch.equal(images[k], again.images[k]) for k in ("ct", "pa", "lateral"))
     # order-1 resize to another grid, then clip and scale
     up = ct_to_unit(ct, 128)
     assert up.shape == (128, 128, 128) and 0 <= up.min() and up.max() <= 1
     assert xray_to_unit(pa, 128).shape == (128, 128)
-    assert "lateral" not in X2CTDataset(dataset, "train", size=64, views=1)[0]
+    assert "lateral" not in CaseDataset(dataset, "train", generator_sizes(64, 1))[0].images
+    batch = collate([ds[0], ds[2]])
+    assert batch.case_ids == [ds.case_ids[0], ds.case_ids[2]] and batch.target is None
+    assert batch.images["ct"].shape == (2, 1, 64, 64, 64) and torch.equal(batch.images["pa"][1], ds[2].images["pa"])
 
 
 def test_loader_errors_are_input_errors(dataset, tmp_path):
     with pytest.raises(InputError, match="no case in the 'test' split"):
-        X2CTDataset(dataset, "test", size=64)
+        CaseDataset(dataset, "test", generator_sizes(64, 2))
     with pytest.raises(InputError, match="data folder not found"):
-        X2CTDataset(tmp_path / "nothing", "train")
+        CaseDataset(tmp_path / "nothing", "train", generator_sizes(64, 2))
     with pytest.raises(InputError, match="manifest.csv: not found"):
-        X2CTDataset(tmp_path, "train")
+        CaseDataset(tmp_path, "train", generator_sizes(64, 2))
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -222,13 +227,16 @@ def test_resume_after_interruption_is_bit_identical(dataset, straight_run, tmp_p
 
     a = torch.load(straight_run / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    a, b = a["trainer"], b["trainer"]
     for part in ("G", "D"):
         assert a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     for part in ("opt_G", "opt_D"):
         sa, sb = a[part]["state"], b[part]["state"]
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i]), part
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    ra = torch.load(straight_run / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    rb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    assert len(ra) == len(rb) == 1 and torch.equal(ra[0]["torch"], rb[0]["torch"])
     assert (run / "scalars.csv").read_text() == (straight_run / "scalars.csv").read_text()  # every loss, every step
     meta_b = json.loads((run / "model" / "model.json").read_text())
     assert meta_b["sha256"] == sha256(run / "model" / "model.safetensors")

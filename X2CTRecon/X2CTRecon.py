@@ -55,7 +55,8 @@ CT_WINDOW_LEVEL_HU = (1500.0, -500.0)
 """Slice-view window and level (HU) of the synthetic CT: a chest window showing lungs and soft tissue."""
 
 HEAT_MAP_SOURCES = ("ct", "pa", "lateral")
-"""Keys of ``Prediction.cams``: the synthetic CT and the two radiographs."""
+"""What a heat map can lie over, by x2ct input key (x2ct.views.CT_KEY, PA_KEY, LATERAL_KEY): the synthetic CT and
+the two radiographs. ``X2CTReconResults.heatMaps`` and ``radiographVolumes`` use these keys."""
 HEAT_MAP_SOURCE_LABELS = {"ct": "synthetic CT", "pa": "PA radiograph", "lateral": "lateral radiograph"}
 
 POLL_INTERVAL_MSEC = 200
@@ -143,7 +144,7 @@ class X2CTReconResults:
 
     def findingLabel(self, output: str) -> str:
         """Readable name of a finding output (its ``label``), or the output itself."""
-        labels = {f.get("output"): f.get("label") for f in self.prediction.findings}
+        labels = {finding.output: finding.label for finding in self.prediction.findings}
         return labels.get(output) or output
 
     def consistencyText(self) -> str:
@@ -311,6 +312,8 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.lateralVolume,
                 modelName=parameters.model,
                 device=parameters.device,
+                heatMapThreshold=parameters.heatMapThreshold,
+                heatMapOpacity=parameters.heatMapOpacity,
                 waitForCompletion=False,
                 progressCallback=self._onProgress,
                 completedCallback=self._onCompleted,
@@ -490,7 +493,7 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             import x2ct.geometry  # noqa: F401
             import x2ct.io.radiograph  # noqa: F401
             if requireTorch:
-                import x2ct.pipeline  # noqa: F401
+                import x2ct.inference  # noqa: F401
         except ImportError as err:
             missingName = getattr(err, "name", None) or str(err)
             raise X2CTReconLib.DependencyError(
@@ -593,7 +596,7 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         return [(name, X2CTResults.modelCardTooltip(models_dir(), name)) for name in bundled_model_names()]
 
     def _modelCache(self, device: str):
-        from x2ct.pipeline import ModelCache
+        from x2ct.inference import ModelCache
 
         if device not in self._modelCaches:
             self._modelCaches[device] = ModelCache(device)
@@ -626,11 +629,11 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 
     def runPipeline(self, paPath: str, lateralPath: Optional[str], modelName: str, device: str,
                     force: bool = False, viewOverride: bool = False, progress=None, cancel=None):
-        """The one call of x2ct's inference pipeline; returns an ``x2ct.pipeline.Prediction``.
+        """The one call of x2ct's inference pipeline; returns an ``x2ct.inference.Prediction``.
 
         Runs on the worker thread in non-blocking mode: no MRML here.
         """
-        from x2ct.pipeline import predict
+        from x2ct.inference import predict
 
         if progress is not None:
             progress(0.0, "loading the model")
@@ -647,13 +650,16 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
                 modelName: str = AUTOMATIC_MODEL, device: str = "auto", force: bool = False,
                 viewOverride: bool = False, waitForCompletion: bool = True, showResult: bool = True,
                 progressCallback: Optional[ProgressCallback] = None,
-                completedCallback: Optional[CompletedCallback] = None) -> Optional[X2CTReconResults]:
+                completedCallback: Optional[CompletedCallback] = None,
+                heatMapThreshold: Optional[float] = None,
+                heatMapOpacity: Optional[float] = None) -> Optional[X2CTReconResults]:
         """Reconstruct a synthetic CT from the radiographs behind ``paVolume`` (and ``lateralVolume``).
 
         Blocking (``waitForCompletion``): returns the results and raises on errors (InputError,
         PredictionCancelled, ...). Non-blocking: returns None at once; ``progressCallback(fraction,
         message)`` and finally ``completedCallback(results, error)`` are called on the GUI thread.
-        Errors in the inputs' file lookup are raised at once in both modes.
+        Errors in the inputs' file lookup are raised at once in both modes. The heat maps are shown
+        with ``heatMapThreshold`` and ``heatMapOpacity`` (see showPrediction; None: the parameter node's).
         """
         if self._run is not None:
             raise RuntimeError("a reconstruction is already running")
@@ -664,7 +670,8 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             return self.runPipeline(paPath, lateralPath, modelName, device, force, viewOverride, progress, cancel)
 
         def finish(prediction) -> X2CTReconResults:
-            return self.showPrediction(prediction, paVolume, lateralVolume, showResult=showResult)
+            return self.showPrediction(prediction, paVolume, lateralVolume, showResult=showResult,
+                                       heatMapThreshold=heatMapThreshold, heatMapOpacity=heatMapOpacity)
 
         if waitForCompletion:
             results = finish(work(progressCallback, None))
@@ -724,32 +731,39 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 
     def showPrediction(self, prediction, paVolume: vtkMRMLScalarVolumeNode,
                        lateralVolume: Optional[vtkMRMLScalarVolumeNode] = None, showResult: bool = True,
-                       heatMapThreshold: float = 0.3, heatMapOpacity: float = 0.4) -> X2CTReconResults:
+                       heatMapThreshold: Optional[float] = None,
+                       heatMapOpacity: Optional[float] = None) -> X2CTReconResults:
         """Put a prediction in the scene: the CT, the findings table and the Grad-CAM volumes.
 
-        With ``showResult`` the layout becomes slices + 3D, the CT is volume rendered and shown in
-        the slice views with the first finding's CT heat map as foreground.
+        Heat-map values below ``heatMapThreshold`` are transparent. With ``showResult`` the layout
+        becomes slices + 3D, the CT is volume rendered and shown in the slice views with the first
+        finding's CT heat map as foreground at ``heatMapOpacity``. Both default to the parameter
+        node's values.
         """
         from x2ct import views
 
-        radiographs = {"pa": paVolume}
+        parameters = self.getParameterNode()
+        if heatMapThreshold is None:
+            heatMapThreshold = parameters.heatMapThreshold
+        if heatMapOpacity is None:
+            heatMapOpacity = parameters.heatMapOpacity
+        radiographs = {views.PA_KEY: paVolume}
         if lateralVolume is not None:
-            radiographs["lateral"] = lateralVolume
+            radiographs[views.LATERAL_KEY] = lateralVolume
         ctVolume = self.addSyntheticCT(prediction)
         table = self.addFindingsTable(prediction.findings, f"SYNTHETIC CT findings ({prediction.model.name})")
         warnings = list(prediction.warnings)
-        ctMaps, radiographMaps = X2CTResults.splitHeatMaps(prediction.cams)
         heatMaps: Dict[str, Dict[str, vtkMRMLScalarVolumeNode]] = {}
-        for output, heatMap in sorted(ctMaps.items()):
+        for output, heatMap in sorted(prediction.heat_maps.ct.items()):
             node = self.addVolumeFromImage(prediction.grid.image_from_array(heatMap.astype("float32")),
                                            f"SYNTHETIC Grad-CAM {output} on CT")
             self.configureHeatMapDisplay(node, heatMapThreshold)
-            heatMaps.setdefault("ct", {})[output] = node
-        viewNames = {"pa": views.PA, "lateral": views.LATERAL}
-        for source, maps in sorted(radiographMaps.items()):
+            heatMaps.setdefault(views.CT_KEY, {})[output] = node
+        for source in sorted(views.input_key(view) for view in prediction.heat_maps.radiographs):
+            view = views.view_of_key(source)
             volume = radiographs.get(source)
-            prepared = prediction.views.get(viewNames.get(source, ""))
-            for output, heatMap in sorted(maps.items()):
+            prepared = prediction.views.get(view)
+            for output, heatMap in sorted(prediction.heat_maps.radiographs[view].items()):
                 if volume is None or prepared is None:
                     warnings.append(f"Grad-CAM {output} on {source}: no such input radiograph in the scene")
                     continue
@@ -779,7 +793,7 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 
     def addSyntheticCT(self, prediction) -> vtkMRMLScalarVolumeNode:
         """The synthetic CT (HU) as a volume named "SYNTHETIC CT (<model>)", tagged with its provenance."""
-        from x2ct.pipeline import SYNTHETIC_NOTE
+        from x2ct.inference import SYNTHETIC_NOTE
 
         model = prediction.model
         volume = self.addVolumeFromImage(prediction.image(), f"SYNTHETIC CT ({model.name})")
@@ -886,13 +900,13 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 
     def writeOutputFolder(self, results: X2CTReconResults, folder: str, dicom: bool = False) -> str:
         """Write what ``x2ct predict`` writes (synthetic_ct.nrrd, summary.json, report.png[, dicom/])."""
-        from x2ct.pipeline import write_prediction
+        from x2ct.inference import write_prediction
 
         return str(write_prediction(results.prediction, folder, dicom=dicom))
 
     def exportToDicomDatabase(self, results: X2CTReconResults) -> str:
         """Write the CT as a DICOM series marked synthetic (x2ct) and import it into Slicer's DICOM database."""
-        from x2ct.pipeline import OUTPUT_DICOM
+        from x2ct.inference import OUTPUT_DICOM
 
         database = getattr(slicer, "dicomDatabase", None)
         if database is None or not database.isOpen:

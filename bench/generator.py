@@ -53,7 +53,8 @@ DOC = REPO / "docs" / "generator_benchmark.md"
 BEGIN, END = "<!-- BEGIN RESULTS -->", "<!-- END RESULTS -->"
 METHODS = ("straightforward", "ours")
 OFFICIAL_SECONDS = {"biplanar": 5.22, "single": 1.84}
-"""Official code, same machine type, 2 threads (../shared/reference/x2ct_official.md §8)."""
+"""Seconds per forward of the official kylekma/X2CT networks, measured once on this machine type with 2 threads
+(the official code is not vendored here, so no command in this repository reruns it)."""
 
 
 def _status_kb(field: str) -> int:

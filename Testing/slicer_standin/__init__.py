@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import types
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import mrml, util
 
@@ -130,9 +130,45 @@ class _Base:
         pass
 
 
+_parameterNodes: Dict[str, _ScriptedModuleNode] = {}
+"""The scene's parameter node of each module (by logic class), as ScriptedLoadableModuleLogic keeps one per module."""
+
+
+class _ScriptedModuleNode:
+    """vtkMRMLScriptedModuleNode (Libs/MRML/Core/vtkMRMLScriptedModuleNode.h): a module's named parameters."""
+
+    def __init__(self) -> None:
+        self.parameters: Dict[str, Any] = {}
+
+
 class _Logic(_Base):
     def getParameterNode(self):
-        return None
+        """ScriptedLoadableModuleLogic.getParameterNode: the module's one parameter node, made on first use."""
+        return _parameterNodes.setdefault(type(self).__name__, _ScriptedModuleNode())
+
+
+def _parameterNodeWrapper(cls: type) -> type:
+    """parameterNodeWrapper (Base/Python/slicer/parameterNodeWrapper/wrapper.py): a class over a parameter node whose
+    annotated fields read and write the node's parameters; a field the node lacks starts at the class default."""
+    defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+
+    def __init__(self, node: _ScriptedModuleNode) -> None:
+        object.__setattr__(self, "parameterNode", node)
+        for name, value in defaults.items():
+            node.parameters.setdefault(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in defaults:
+            return self.parameterNode.parameters[name]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in defaults:
+            raise AttributeError(f"{cls.__name__} has no parameter {name!r}")
+        self.parameterNode.parameters[name] = value
+
+    members = {"__init__": __init__, "__getattr__": __getattr__, "__setattr__": __setattr__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (), members)
 
 
 def _importDicom(dicomDataDir, dicomDatabase=None, copyFiles=False) -> bool:
@@ -155,6 +191,7 @@ def make_modules(major: int = 5, minor: int = 8, withViews: bool = False) -> Dic
     util.calls.clear()
     util.answers["confirmOkCancelDisplay"] = True
     _timers.clear()
+    _parameterNodes.clear()
     scene = mrml.vtkMRMLScene()
     for name in ("Red", "Yellow", "Green"):
         composite = scene.AddNode(mrml.vtkMRMLSliceCompositeNode())
@@ -181,7 +218,7 @@ def make_modules(major: int = 5, minor: int = 8, withViews: bool = False) -> Dic
     scripted.ScriptedLoadableModuleLogic = _Logic
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (_Base,), {})
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.parameterNodeWrapper = _parameterNodeWrapper
     wrapper.Choice = type("Choice", (_Validator,), {})
     wrapper.WithinRange = type("WithinRange", (_Validator,), {})
 

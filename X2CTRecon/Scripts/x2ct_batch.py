@@ -6,7 +6,7 @@
 
 The radiographs are loaded as volume nodes (as "Add Data" would) and reconstructed by
 X2CTReconLogic in blocking mode, without the widget. OUTPUT_DIR receives what ``x2ct predict``
-writes, through the same ``x2ct.pipeline.write_prediction``: synthetic_ct.nrrd, summary.json,
+writes, through the same ``x2ct.inference.write_prediction``: synthetic_ct.nrrd, summary.json,
 report.png and, with --dicom, dicom/ (a series marked SYNTHETIC). Nothing is installed here: a
 missing dependency is reported (open the module once in the Slicer window to install it).
 
@@ -70,7 +70,7 @@ def run(argv: List[str]) -> int:
     logic = X2CTRecon.X2CTReconLogic()
     try:
         logic.checkDependencies(requireTorch=True, askConfirmation=False, allowInstall=False)
-        from x2ct.pipeline import check_output_dir
+        from x2ct.inference import check_output_dir
 
         check_output_dir(args.output)
         paVolume = loadRadiograph(args.pa)

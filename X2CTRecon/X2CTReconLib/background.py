@@ -1,7 +1,7 @@
 """Run one long job on a worker thread while the GUI thread polls it (no Slicer or Qt imports here).
 
 The job is a callable ``work(progress, cancel)`` that reports ``progress(fraction, message)`` and
-polls ``cancel()`` between its stages (the signature of ``x2ct.pipeline.predict``'s callbacks). It
+polls ``cancel()`` between its stages (the signature of ``x2ct.inference.predict``'s callbacks). It
 must not touch MRML or Qt: only the GUI thread may, when it polls with :meth:`BackgroundTask.poll`
 (X2CTReconLogic re-arms a ``qt.QTimer.singleShot`` for that). Cancel sets a flag that the job sees at
 its next stage boundary; the thread is never killed.

@@ -1,6 +1,6 @@
 """Turning an ``x2ct`` prediction into what the panel shows (no Slicer imports here).
 
-* findings (``Prediction.findings`` records) -> table columns and rows, and a CSV file;
+* findings (``Prediction.findings``, x2ct.inference.Finding records) -> table columns and rows, and a CSV file;
 * re-projection consistency scores -> a few lines of text;
 * a Grad-CAM map computed on the radiograph pixels as ``x2ct`` read them -> the same map in the voxel
   order of the radiograph's volume node, so that it can be placed with that node's own IJK->RAS;
@@ -13,16 +13,19 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from x2ct.inference import Finding
 
 FINDINGS_COLUMNS = (
     "label", "probability", "threshold", "call", "output", "task", "inputs", "model", "ct_source", "notes",
     "guided_peak", "weights_sha256",
 )
-"""Columns of the findings table and CSV, in order (keys of a ``Prediction.findings`` record; see
-x2ct.findings: one record per classifier output; a missing key leaves the cell empty)."""
+"""Columns of the findings table and CSV, in order: fields of x2ct.inference.Finding (one per classifier output);
+a field that is None leaves the cell empty."""
 
 RADIOGRAPH_ORIENTATIONS = ("as stored", "rows reversed", "columns reversed")
 """Pixel orders a loader might give a radiograph's volume node relative to the file (and to x2ct)."""
@@ -44,8 +47,9 @@ _PEAK_INPUTS = (("ct", "CT"), ("pa", "PA"), ("lateral", "lateral"))
 
 
 def guidedPeakText(peaks: Optional[Mapping[str, Any]]) -> str:
-    """A finding's ``guided_peak`` (x2ct.findings.guided_peak per input) as short text: the CT peak in RAS mm
-    (Slicer's coordinates; "?" for the A axis a two-slice model cannot give), radiograph peaks as row, column."""
+    """A finding's ``guided_peak`` (per x2ct input key: a CT peak with ``ras_mm``, a radiograph peak with
+    ``pixel_rc``) as short text: the CT peak in RAS mm (Slicer's coordinates; "?" for the A axis a two-slice
+    model cannot give), radiograph peaks as row, column."""
     peaks = peaks or {}
     parts = []
     for key, name in _PEAK_INPUTS:
@@ -55,25 +59,25 @@ def guidedPeakText(peaks: Optional[Mapping[str, Any]]) -> str:
         if peak is None:
             parts.append(f"{name}: none")
         elif key == "ct":
-            ras = ["?" if v is None else f"{v:.1f}" for v in peak["ras_mm"]]
+            ras = ["?" if v is None else f"{v:.1f}" for v in peak.ras_mm]
             parts.append(f"{name}: R {ras[0]}, A {ras[1]}, S {ras[2]} mm")
         else:
-            parts.append(f"{name}: row {peak['pixel_rc'][0]:.1f}, column {peak['pixel_rc'][1]:.1f}")
+            parts.append(f"{name}: row {peak.pixel_rc[0]:.1f}, column {peak.pixel_rc[1]:.1f}")
     return "; ".join(parts)
 
 
-def _columnText(finding: Mapping[str, Any], column: str) -> str:
+def _columnText(finding: Finding, column: str) -> str:
     if column == "guided_peak":
-        return guidedPeakText(finding.get(column))
-    return _cellText(finding.get(column))
+        return guidedPeakText(finding.guided_peak)
+    return _cellText(getattr(finding, column))
 
 
-def findingsRows(findings: Sequence[Mapping[str, Any]]) -> List[List[str]]:
+def findingsRows(findings: Sequence[Finding]) -> List[List[str]]:
     """One row of cell texts per finding, in :data:`FINDINGS_COLUMNS` order (probabilities to 4 digits)."""
     return [[_columnText(finding, column) for column in FINDINGS_COLUMNS] for finding in findings]
 
 
-def findingsCsvText(findings: Sequence[Mapping[str, Any]]) -> str:
+def findingsCsvText(findings: Sequence[Finding]) -> str:
     """The findings as CSV text with a header row; probabilities and thresholds at full precision."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -81,13 +85,13 @@ def findingsCsvText(findings: Sequence[Mapping[str, Any]]) -> str:
     for finding in findings:
         row = []
         for column in FINDINGS_COLUMNS:
-            value = finding.get(column)
+            value = getattr(finding, column)
             row.append(repr(value) if isinstance(value, float) else _columnText(finding, column))
         writer.writerow(row)
     return buffer.getvalue()
 
 
-def writeFindingsCsv(findings: Sequence[Mapping[str, Any]], path: str) -> Path:
+def writeFindingsCsv(findings: Sequence[Finding], path: str) -> Path:
     """Write :func:`findingsCsvText` to ``path`` atomically (x2ct.atomic); returns the path."""
     from x2ct.atomic import write_text_atomic
 
@@ -154,10 +158,3 @@ def modelCardTooltip(modelsFolder: Path, name: str, maxCharacters: int = 1500) -
         return f"{name}: no model card found"
     text = card.read_text(encoding="utf-8").replace("**", "").replace("`", "")
     return text if len(text) <= maxCharacters else text[:maxCharacters].rstrip() + " …"
-
-
-def splitHeatMaps(cams: Mapping[str, Mapping[str, np.ndarray]]) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict]]:
-    """(CT maps by finding output, radiograph maps by view then output) from ``Prediction.cams``."""
-    ct = dict(cams.get("ct", {}))
-    radiographs = {view: dict(maps) for view, maps in cams.items() if view != "ct"}
-    return ct, radiographs

@@ -37,40 +37,49 @@ def _peakMap(shape: Sequence[int], peak: Sequence[int]) -> np.ndarray:
 
 
 def standInPeaks(prediction) -> Dict[str, Tuple[int, ...]]:
-    """Where the stand-in maps peak: CT (d, h, w) and each radiograph's (row, column), off-centre."""
+    """Where the stand-in maps peak, by x2ct input key: CT (d, h, w) and each radiograph's (row, column), off-centre."""
+    from x2ct.views import CT_KEY, input_key
+
     size = prediction.grid.size
-    peaks: Dict[str, Tuple[int, ...]] = {"ct": (size // 4, size // 2, (3 * size) // 4)}
+    peaks: Dict[str, Tuple[int, ...]] = {CT_KEY: (size // 4, size // 2, (3 * size) // 4)}
     for view, prepared in prediction.views.items():
         rows, columns = prepared.radiograph.pixels.shape
-        peaks[view.lower()] = (rows // 3, columns // 5)
+        peaks[input_key(view)] = (rows // 3, columns // 5)
     return peaks
 
 
 def addStandInClassifierOutputs(prediction, outputs: Sequence[str] = STAND_IN_OUTPUTS):
-    """Fill ``prediction.findings`` (x2ct.findings record keys) and ``prediction.cams`` with stand-ins; returns it."""
+    """Fill ``prediction.findings`` (x2ct.inference.Finding records) and ``prediction.heat_maps`` with stand-ins;
+    returns the prediction."""
+    from x2ct.inference import Finding, HeatMaps
+    from x2ct.views import CT_KEY, input_key
+
     peaks = standInPeaks(prediction)
     prediction.findings = [
-        {
-            "task": output.split("_")[0],
-            "output": output,
-            "label": f"stand-in {output.replace('_', ' ')}",
-            "probability": 0.25 + 0.5 * index,
-            "threshold": 0.5,
-            "call": "positive" if 0.25 + 0.5 * index >= 0.5 else "negative",
-            "model": f"stand-in-{output}",
-            "weights_sha256": "0" * 64,
-            "inputs": ["ct", "pa"],
-            "ct_source": prediction.model.name,
-            "notes": [],
-        }
+        Finding(
+            task=output.split("_")[0],
+            output=output,
+            label=f"stand-in {output.replace('_', ' ')}",
+            probability=0.25 + 0.5 * index,
+            threshold=0.5,
+            call="positive" if 0.25 + 0.5 * index >= 0.5 else "negative",
+            model=f"stand-in-{output}",
+            weights_sha256="0" * 64,
+            inputs=["synthetic CT", "PA radiograph"],
+            ct_source=prediction.model.name,
+            notes=[],
+            guided_peak={},
+        )
         for index, output in enumerate(outputs)
     ]
-    cams: Dict[str, Dict[str, np.ndarray]] = {"ct": {}}
+    heatMaps = HeatMaps()
     for output in outputs:
-        cams["ct"][output] = _peakMap(prediction.grid.shape_dhw, peaks["ct"])
+        heatMaps.ct[output] = _peakMap(prediction.grid.shape_dhw, peaks[CT_KEY])
         for view, prepared in prediction.views.items():
-            cams.setdefault(view.lower(), {})[output] = _peakMap(prepared.radiograph.pixels.shape, peaks[view.lower()])
-    prediction.cams = cams
+            heatMaps.radiographs.setdefault(view, {})[output] = _peakMap(
+                prepared.radiograph.pixels.shape, peaks[input_key(view)]
+            )
+    prediction.heat_maps = heatMaps
     return prediction
 
 
@@ -107,7 +116,8 @@ def checkSyntheticCT(slicer, results) -> None:
     assert matrix[0, 0] < 0 and matrix[2, 2] < 0 and matrix[1, 1] < 0, matrix
 
 
-def checkFindingsTable(results, findings: Sequence[Dict[str, Any]]) -> None:
+def checkFindingsTable(results, findings: Sequence[Any]) -> None:
+    """The findings table has the documented columns and one row per finding (x2ct.inference.Finding) with its texts."""
     table = results.findingsTable
     names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
     assert names == list(FINDINGS_COLUMNS), names
@@ -115,8 +125,8 @@ def checkFindingsTable(results, findings: Sequence[Dict[str, Any]]) -> None:
     column = {name: index for index, name in enumerate(names)}
     for row, finding in enumerate(findings):
         for key in ("label", "output", "call", "model"):
-            assert table.GetCellText(row, column[key]) == finding[key], (row, key)
-        assert abs(float(table.GetCellText(row, column["probability"])) - finding["probability"]) < 1e-3
+            assert table.GetCellText(row, column[key]) == getattr(finding, key), (row, key)
+        assert abs(float(table.GetCellText(row, column["probability"])) - finding.probability) < 1e-3
 
 
 def _peakIndexKJI(slicer, volume) -> Tuple[int, ...]:
@@ -132,7 +142,7 @@ def checkHeatMaps(slicer, results, threshold: float) -> None:
     ctMatrix = _ijkToRAS(slicer, results.ctVolume)
     for output, volume in results.heatMaps["ct"].items():
         np.testing.assert_allclose(_ijkToRAS(slicer, volume), ctMatrix, atol=1e-9)
-        np.testing.assert_allclose(slicer.util.arrayFromVolume(volume), prediction.cams["ct"][output], atol=1e-6)
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(volume), prediction.heat_maps.ct[output], atol=1e-6)
         assert _peakIndexKJI(slicer, volume) == peaks["ct"], (output, _peakIndexKJI(slicer, volume))
     for source, radiograph in results.radiographVolumes.items():
         radiographMatrix = _ijkToRAS(slicer, radiograph)

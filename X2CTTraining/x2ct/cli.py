@@ -3,23 +3,37 @@
 Error contract for every command: a user-caused problem prints one line
 ``x2ct: error: <file>: <problem>`` to stderr and exits with status 2, with no traceback and no
 partial output (every output is written under a temporary name and renamed when complete).
+
+Under ``torchrun`` with several processes (:mod:`x2ct.distributed`) each error line names its rank
+(``x2ct: error: rank 1: <file>: <problem>``); a rank whose peer stopped reports that in one line and
+exits with status 1; only rank 0 prints a command's summary. Only ``train-generator``,
+``train-classifier``, ``synthesize-ct`` and ``predict --manifest`` run as several processes; the
+other commands refuse (status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import InputError
+from .views import LATERAL_KEY, PA_KEY
+
+if TYPE_CHECKING:
+    from .drr_geometry import DRRGeometry
 
 PROG = "x2ct"
+EXIT_FAILURE = 1
 EXIT_USER_ERROR = 2
 SAMPLE = "sample"
 """``--synthetic-from`` value (also its default when given alone) meaning the bundled real CT."""
+BOTH_VIEWS = "both"
+"""``drr --view`` value meaning the PA and the lateral."""
 
 
 def _print_json(data: dict) -> None:
@@ -95,17 +109,14 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_drr(args: argparse.Namespace) -> int:
-    from .drr import DRRGeometry, write_drrs
+    from .drr import write_drrs
     from .io import read_ct
     from .views import LATERAL, PA
 
     if args.size < 16 or args.size > 2048:
         raise InputError(None, f"--size {args.size}: choose a detector size between 16 and 2048 pixels")
-    try:
-        geometry = DRRGeometry(sad_mm=args.sad, sid_mm=args.sid, detector_mm=args.detector_mm)
-    except ValueError as err:
-        raise InputError(None, f"--sad/--sid/--detector-mm: {err}") from None
-    chosen = {"pa": (PA,), "lateral": (LATERAL,), "both": (PA, LATERAL)}[args.view]
+    geometry = _geometry(args)
+    chosen = {PA_KEY: (PA,), LATERAL_KEY: (LATERAL,), BOTH_VIEWS: (PA, LATERAL)}[args.view]
     ct = read_ct(args.ct)
     written = write_drrs(ct, args.output, views=chosen, size=args.size, geometry=geometry, device=args.device)
     for paths in written.values():
@@ -122,13 +133,9 @@ def _parse_ratios(text: str) -> tuple:
 
 def cmd_build_dataset(args: argparse.Namespace) -> int:
     from .data.builder import BuildOptions, build_dataset, build_synthetic_dataset
-    from .drr import DRRGeometry
     from .resources import sample_ct_path, sample_labels_path
 
-    try:
-        geometry = DRRGeometry(sad_mm=args.sad, sid_mm=args.sid, detector_mm=args.detector_mm)
-    except ValueError as err:
-        raise InputError(None, f"--sad/--sid/--detector-mm: {err}") from None
+    geometry = _geometry(args)
     options = BuildOptions(
         size=args.size,
         drr_size=args.drr_size or args.size,
@@ -162,20 +169,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .pipeline import predict_manifest, predict_to_folder
+    from .inference import predict_manifest, predict_to_folder
 
     classifiers = () if args.no_classifiers else args.classifier
     options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force, classifiers=classifiers)
     if args.manifest:
         if args.pa or args.lateral:
             raise InputError(args.manifest, "give either --manifest or --pa/--lateral, not both")
-        results = predict_manifest(args.manifest, args.output, view_override=args.view_override, **options)
-        counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-        print(
-            f"predicted {counts['done']}, skipped {counts['skipped']} (finished earlier), failed {counts['failed']}; "
-            f"see {Path(args.output) / 'batch_summary.csv'}"
-        )
-        return 0 if counts["failed"] < len(results) else EXIT_USER_ERROR
+        batch = predict_manifest(args.manifest, args.output, view_override=args.view_override, **options)
+        if batch.rank == 0:
+            print(
+                f"predicted {batch.count('done')}, skipped {batch.count('skipped')} (finished earlier), "
+                f"failed {batch.count('failed')}; see {batch.summary_csv}"
+            )
+        return 0 if batch.count("failed") < len(batch.cases) else EXIT_USER_ERROR
     if not args.pa:
         if args.lateral:
             raise InputError(args.lateral, "a lateral radiograph needs a PA radiograph (--pa)")
@@ -187,7 +194,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"in {prediction.timings_s['total']:.1f} s; re-projection consistency: {scores}"
     )
     for f in prediction.findings:
-        print(f"  {f['label']}: {f['probability']:.2f} (threshold {f['threshold']:.2f}) {f['call']}")
+        print(f"  {f.label}: {f.probability:.2f} (threshold {f.threshold:.2f}) {f.call}")
     return 0
 
 
@@ -195,9 +202,14 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from .train import load_config, train_generator
 
     overrides = list(args.set or [])
-    overrides += [f"{key}={value}" for key, value in (("data", args.data), ("out", args.output),
-                                                       ("device", args.device)) if value is not None]
+    overrides += [
+        f"{key}={value}"
+        for key, value in (("data", args.data), ("out", args.output), ("device", args.device))
+        if value is not None
+    ]
     result = train_generator(load_config(args.config, overrides))
+    if result.rank != 0:
+        return 0
     if result.finished:
         print(f"trained {result.global_step} steps in {result.seconds / 60:.1f} min; model in {result.model_dir}")
     else:
@@ -214,21 +226,12 @@ def cmd_evaluate_generator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_extra_errors(run: Callable[[], int]) -> int:
-    """Run a classifier command; a missing package of the eval extra (RuntimeError from the statistics) becomes
-    the one-line user error."""
-    try:
-        return run()
-    except RuntimeError as err:
-        if "eval extra" in str(err):
-            raise InputError(None, str(err)) from None
-        raise
-
-
 def cmd_synthesize_ct(args: argparse.Namespace) -> int:
-    from .classify.synthesize import synthesize_ct
+    from .inference import synthesize_ct
 
     report = synthesize_ct(args.model, args.data, args.output, args.split, args.device, args.batch_size)
+    if report.rank != 0:
+        return 0
     for note in report.warnings:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     print(
@@ -256,7 +259,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     )
     overrides += [f"{key}={value}" for key, value in named if value is not None]
     config = load_config(args.config, overrides)
-    result = _eval_extra_errors(lambda: train_classifier(config, resume=args.resume))
+    result = train_classifier(config, resume=args.resume)
+    if result.rank != 0:
+        return 0
     if result.finished:
         thresholds = ", ".join(f"{c} {t:.3f}" for c, t in result.thresholds.items())
         print(
@@ -271,18 +276,16 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     from .classify.evaluate import evaluate_classifier, headline
 
-    document = _eval_extra_errors(
-        lambda: evaluate_classifier(
-            args.model,
-            args.data,
-            args.output,
-            split=args.split,
-            labels=args.labels,
-            ct_source=args.ct_source,
-            device=args.device,
-            compare=args.compare,
-            cam_hit_rate=args.cam_hit_rate,
-        )
+    document = evaluate_classifier(
+        args.model,
+        args.data,
+        args.output,
+        split=args.split,
+        labels=args.labels,
+        ct_source=args.ct_source,
+        device=args.device,
+        compare=args.compare,
+        cam_hit_rate=args.cam_hit_rate,
     )
     print(headline(document))
     for column, record in ((document.get("comparison") or {}).get("outputs") or {}).items():
@@ -298,20 +301,71 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Chest radiographs to synthetic chest CT. Research use only; not for diagnosis.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+# --------------------------------------------------------------------------------------------------
+# Options shared by several commands, each declared once as a parent parser
 
+
+DEVICES = ("auto", "cpu", "cuda")
+"""``--device`` choices of the commands that run models."""
+
+
+def device_option(default: Optional[str]) -> argparse.ArgumentParser:
+    """The ``--device`` option. ``default`` "auto" (CUDA if present): inference and evaluation; None: the training
+    commands, whose config file holds the default; "cpu": ``drr``, which also takes ``cuda:N``
+    (:func:`x2ct.drr.resolve_device`) and so lists no choices."""
+    parent = argparse.ArgumentParser(add_help=False)
+    if default is None:
+        parent.add_argument("--device", choices=DEVICES, help="= --set device=... (config default: auto)")
+    elif default == "auto":
+        parent.add_argument("--device", choices=DEVICES, default=default, help="default auto (CUDA if present)")
+    else:
+        parent.add_argument("--device", default=default, help=f"cpu, cuda or auto (default {default})")
+    return parent
+
+
+def geometry_options() -> argparse.ArgumentParser:
+    """``--sad``, ``--sid`` and ``--detector-mm`` (mm), defaulting to :class:`x2ct.drr.DRRGeometry`'s (official
+    X2CT-GAN) geometry."""
+    from .drr_geometry import DRRGeometry
+
+    parent = argparse.ArgumentParser(add_help=False)
+    for flag, name, what in (
+        ("--sad", "sad_mm", "source-isocentre distance"),
+        ("--sid", "sid_mm", "source-detector distance"),
+        ("--detector-mm", "detector_mm", "detector edge"),
+    ):
+        default = float(getattr(DRRGeometry, name))
+        parent.add_argument(flag, type=float, default=default, help=f"{what} in mm (default {default:g})")
+    return parent
+
+
+def _geometry(args: argparse.Namespace) -> DRRGeometry:
+    """The :class:`x2ct.drr.DRRGeometry` of ``--sad/--sid/--detector-mm`` (InputError when impossible)."""
+    from .drr_geometry import DRRGeometry
+
+    try:
+        return DRRGeometry(sad_mm=args.sad, sid_mm=args.sid, detector_mm=args.detector_mm)
+    except ValueError as err:
+        raise InputError(None, f"--sad/--sid/--detector-mm: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The sub-commands' options
+
+
+Commands = argparse._SubParsersAction
+"""What ``add_subparsers`` returns: each ``add_<command>`` function adds its sub-command to it."""
+
+
+def add_info(sub: Commands) -> None:
     p = sub.add_parser("info", help="describe a chest radiograph or CT (DICOM, PNG/JPEG/TIFF, NIfTI, NRRD, MHA)")
     p.add_argument("file", help="radiograph file, CT file, or DICOM series folder")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--view", help="override the radiograph view (PA, AP, LATERAL)")
     p.set_defaults(func=cmd_info)
 
+
+def add_convert(sub: Commands) -> None:
     p = sub.add_parser("convert", help="convert a CT between formats, optionally onto the canonical 320 mm grid")
     p.add_argument("input", help="CT file or DICOM series folder")
     p.add_argument("output", help="output .nrrd, .nii, .nii.gz or .mha")
@@ -320,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", metavar="PNG", help="with --canonical: also draw axial/coronal/sagittal slices")
     p.set_defaults(func=cmd_convert)
 
+
+def add_convert_checkpoint(sub: Commands) -> None:
     p = sub.add_parser(
         "convert-checkpoint", help="convert an official X2CT-GAN .pth (loaded with weights_only) to safetensors + JSON"
     )
@@ -327,17 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="OUT.safetensors (JSON written beside it) or a folder")
     p.set_defaults(func=cmd_convert_checkpoint)
 
-    p = sub.add_parser("drr", help="render digitally reconstructed radiographs (PA, lateral) of a CT")
+
+def add_drr(sub: Commands) -> None:
+    p = sub.add_parser(
+        "drr",
+        help="render digitally reconstructed radiographs (PA, lateral) of a CT",
+        parents=[geometry_options(), device_option("cpu")],
+    )
     p.add_argument("ct", help="CT file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="output folder for pa/lateral .png (16-bit) and .nrrd")
-    p.add_argument("--view", choices=("pa", "lateral", "both"), default="both", help="which views (default both)")
+    p.add_argument(
+        "--view", choices=(PA_KEY, LATERAL_KEY, BOTH_VIEWS), default=BOTH_VIEWS, help="which views (default both)"
+    )
     p.add_argument("--size", type=int, default=128, help="detector pixels per side (default 128)")
-    p.add_argument("--sad", type=float, default=541.0, help="source-isocentre distance in mm (default 541)")
-    p.add_argument("--sid", type=float, default=949.0, help="source-detector distance in mm (default 949)")
-    p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.set_defaults(func=cmd_drr)
 
+
+def add_build_dataset(sub: Commands) -> None:
     p = sub.add_parser(
         "build-dataset",
         help="build paired CT / PA / lateral DRR HDF5 files (official layout) and a split manifest",
@@ -345,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         "series subfolder is a case; or a .txt/.csv list, one path per line), or a labelled synthetic benchmark "
         "from one CT with --synthetic-from. Finished cases are skipped; a failing case is reported and the rest "
         "build. Exit status 0 when at least one case is finished, 2 when every case failed or on a usage error.",
+        parents=[geometry_options()],
     )
     p.add_argument("input", nargs="?", help="folder of CTs, or a .txt/.csv list of CT paths")
     p.add_argument("output", metavar="OUT", help="output folder (created; resumable)")
@@ -362,11 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--labels", help="label map of the --synthetic-from CT (default: the bundled one's)")
     p.add_argument("--cases", type=int, default=10, help="number of synthetic cases (default 10)")
-    p.add_argument("--sad", type=float, default=541.0, help="source-isocentre distance in mm (default 541)")
-    p.add_argument("--sid", type=float, default=949.0, help="source-detector distance in mm (default 949)")
-    p.add_argument("--detector-mm", type=float, default=500.0, help="detector edge in mm (default 500)")
     p.set_defaults(func=cmd_build_dataset)
 
+
+def add_predict(sub: Commands) -> None:
     p = sub.add_parser(
         "predict",
         help="synthetic CT from a PA (and optionally a lateral) chest radiograph",
@@ -374,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(plus DIR/dicom/ with --dicom), all marked SYNTHETIC; research use only, not for diagnosis. With only "
         "--pa a single-view model is used. --manifest CSV (columns pa, lateral, case_id; paths relative to the "
         "CSV) predicts every case into DIR/<case_id>/, skips finished cases and carries on past failing ones "
-        "(exit 0 when at least one case is finished).",
+        "(exit 0 when at least one case is finished); under torchrun the cases are shared among the processes.",
+        parents=[device_option("auto")],
     )
     p.add_argument("--pa", metavar="FILE", help="frontal (PA) radiograph: DICOM, PNG, JPEG, TIFF, NRRD, MHA")
     p.add_argument("--lateral", metavar="FILE", help="lateral radiograph (needs --pa; selects a biplanar model)")
@@ -386,7 +449,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundled model name, official .pth or x2ct model "
         "(default: x2ct-demo-biplanar with a lateral, x2ct-demo-singleview without)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.add_argument("--dicom", action="store_true", help="also write a DICOM CT series marked synthetic")
     p.add_argument("--force", action="store_true", help="run even when DICOM BodyPartExamined is not chest")
     p.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the files' view tags")
@@ -400,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-classifiers", action="store_true", help="synthetic CT only: no findings, no Grad-CAM")
     p.set_defaults(func=cmd_predict)
 
+
+def add_train_generator(sub: Commands) -> None:
     p = sub.add_parser(
         "train-generator",
         help="train an X2CT-GAN generator (+B or +S) on a built data set; resumable",
@@ -407,34 +471,44 @@ def build_parser() -> argparse.ArgumentParser:
         "file (default: the official settings, x2ct/train/generator_default.json) and --set KEY=VALUE overrides; "
         "see docs/training.md. Running again with the same -o resumes from OUT/checkpoints/last.pt with "
         "identical results.",
+        parents=[device_option(None)],
     )
     p.add_argument("--config", metavar="FILE", help="JSON config file (default: the official settings)")
     p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
     p.add_argument("-o", "--output", metavar="OUT", help="run folder: checkpoints, logs, final model (= --set out=OUT)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="= --set device=... (config default: auto)")
     p.set_defaults(func=cmd_train_generator)
 
+
+def add_evaluate_generator(sub: Commands) -> None:
     p = sub.add_parser(
         "evaluate-generator",
         help="score a generator on a data-set split under the declared metric protocol",
         description="Run the generator on every case of the split (the case's stored DRRs as input) and compare "
         "with its CT under docs/metric_protocol.md. Writes OUT/metrics_per_case.csv and OUT/metrics_summary.json.",
+        parents=[device_option("auto")],
     )
-    p.add_argument("--model", metavar="NAME|PATH", required=True,
-                   help="bundled model name, official .pth, x2ct model folder, or a train-generator run/checkpoint")
+    p.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        required=True,
+        help="bundled model name, official .pth, x2ct model folder, or a train-generator run/checkpoint",
+    )
     p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder for the CSV and JSON")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_evaluate_generator)
 
+
+def add_synthesize_ct(sub: Commands) -> None:
     p = sub.add_parser(
         "synthesize-ct",
         help="a generator's synthetic CT of every case of a built data set (a CT source for classifiers)",
         description="Run a generator on each case's stored DRRs (xray1 = PA, xray2 = lateral) and write "
         "OUT/<case_id>/synthetic_ct.nrrd (HU, canonical grid, as x2ct predict writes it) and OUT/manifest.csv. "
-        "Finished cases are skipped; a folder made with other weights is refused.",
+        "Finished cases are skipped; a folder made with other weights is refused. Under torchrun the cases are "
+        "shared among the processes.",
+        parents=[device_option("auto")],
     )
     p.add_argument(
         "--model", metavar="NAME|PATH", required=True, help="bundled generator name, official .pth or x2ct model folder"
@@ -443,9 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (resumable)")
     p.add_argument("--split", default="all", choices=("train", "val", "test", "all"), help="default all")
     p.add_argument("--batch-size", type=int, default=4, help="cases per generator call (default 4)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_synthesize_ct)
 
+
+def add_train_classifier(sub: Commands) -> None:
     p = sub.add_parser(
         "train-classifier",
         help="train a disease classifier (TB, TB type, TB activity, PE) on radiographs, CT or both; resumable",
@@ -453,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         "thresholds are chosen on validation (Youden) and frozen into RUN/model. Every setting comes from the "
         "config file (default x2ct/train/classifier_default.json) and --set KEY=VALUE; see docs/classifiers.md. "
         "--resume continues an interrupted run with identical results. Needs the eval extra (scikit-learn).",
+        parents=[device_option(None)],
     )
     p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
     p.add_argument("--task", choices=("tb", "tb_type", "tb_activity", "pe"), help="= --set task=... (default tb)")
@@ -472,16 +548,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="RUN", help="run folder (= --set out=RUN)")
     p.add_argument("--config", metavar="FILE", help="JSON config file (default: x2ct/train/classifier_default.json)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="= --set device=... (config default: auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (= --set threads=N; 0 = torch's default)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     p.set_defaults(func=cmd_train_classifier)
 
+
+def add_evaluate_classifier(sub: Commands) -> None:
     p = sub.add_parser(
         "evaluate-classifier",
         help="score a classifier on a split: DeLong AUC, frozen threshold, Wilson CIs, ROC, comparison, CAM hit rate",
         description="Writes OUT/predictions.csv, OUT/metrics.json and OUT/roc.png. The threshold is the one frozen "
         "in the model (chosen on validation). Needs the eval extra: pip install 'x2ct[eval]'.",
+        parents=[device_option("auto")],
     )
     p.add_argument("--model", metavar="PATH", required=True, help="RUN/model (or the training run folder RUN)")
     p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
@@ -495,28 +573,88 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Grad-CAM peak inside the lesion masks for positive cases (data sets with lesion masks)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_evaluate_classifier)
 
-    p = sub.add_parser("demo", help="the demo: x2ct predict on the bundled sample radiographs with the demo models")
+
+def add_demo(sub: Commands) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the demo: x2ct predict on the bundled sample radiographs with the demo models",
+        parents=[device_option("auto")],
+    )
     p.add_argument("-o", "--output", default="x2ct-demo", help="output folder (default ./x2ct-demo)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if present)")
     p.set_defaults(func=cmd_demo)
+
+
+COMMANDS: Sequence[Callable[[Commands], None]] = (
+    add_info,
+    add_convert,
+    add_convert_checkpoint,
+    add_drr,
+    add_build_dataset,
+    add_predict,
+    add_train_generator,
+    add_evaluate_generator,
+    add_synthesize_ct,
+    add_train_classifier,
+    add_evaluate_classifier,
+    add_demo,
+)
+"""Every sub-command, in the order ``x2ct --help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chest radiographs to synthetic chest CT. Research use only; not for diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
-def _user_error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USER_ERROR
+# --------------------------------------------------------------------------------------------------
+# Running a command
+
+
+DISTRIBUTED_COMMANDS = ("train-generator", "train-classifier", "synthesize-ct")
+"""Commands that share their work among the processes of ``torchrun`` (and ``predict --manifest``)."""
+
+
+def runs_distributed(args: argparse.Namespace) -> bool:
+    """Whether the chosen command can run as several processes under ``torchrun``."""
+    if args.command == "predict":
+        return args.manifest is not None
+    return args.command in DISTRIBUTED_COMMANDS
+
+
+def _rank_prefix() -> str:
+    """``"rank R: "`` under ``torchrun`` with several processes (x2ct.distributed), else nothing."""
+    from .distributed import ENV_RANK, requested_world_size
+
+    return f"rank {os.environ.get(ENV_RANK, '?')}: " if requested_world_size() > 1 else ""
+
+
+def _error(message: str, status: int = EXIT_USER_ERROR) -> int:
+    """Print the one error line (``x2ct: error: [rank R: ]<message>``) and return ``status``."""
+    print(f"{PROG}: error: {_rank_prefix()}{message}", file=sys.stderr)
+    return status
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``x2ct`` console script; returns the exit status."""
+    from .distributed import PeerFailure, requested_world_size
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if requested_world_size() > 1 and not runs_distributed(args):
+        what = "predict without --manifest" if args.command == "predict" else args.command
+        return _error(f"{what} runs in one process; start it without torchrun (or with --nproc_per_node 1)")
     handlers: Dict[type, Callable[[BaseException], str]] = {
         InputError: str,
         PermissionError: lambda e: f"{e.filename}: permission denied",
@@ -526,7 +664,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except tuple(handlers) as err:
-        return _user_error(next(h(err) for t, h in handlers.items() if isinstance(err, t)))
+        return _error(next(h(err) for t, h in handlers.items() if isinstance(err, t)))
+    except PeerFailure as err:
+        return _error(str(err), EXIT_FAILURE)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -21,8 +21,9 @@ from typing import Dict
 
 from .atomic import atomic_dir
 from .errors import InputError
-from .pipeline import ModelCache, Prediction, predict, write_prediction
+from .inference import ModelCache, Prediction, predict, write_prediction
 from .resources import resources_dir
+from .views import LATERAL_KEY, PA_KEY
 
 DEMO_MODELS = {"biplanar": "x2ct-demo-biplanar", "singleview": "x2ct-demo-singleview"}
 """Output subfolder -> bundled model name."""
@@ -31,9 +32,9 @@ DEMO_SUMMARY = "demo.json"
 
 
 def sample_radiographs() -> Dict[str, Path]:
-    """Paths of the bundled sample radiographs {"pa", "lateral"} (InputError when missing)."""
+    """Paths of the bundled sample radiographs by input key, ``pa`` and ``lateral`` (InputError when missing)."""
     folder = resources_dir() / "SampleData" / "radiographs"
-    paths = {"pa": folder / "pa.png", "lateral": folder / "lateral.png"}
+    paths = {key: folder / f"{key}.png" for key in (PA_KEY, LATERAL_KEY)}
     for path in paths.values():
         if not path.is_file():
             raise InputError(path, "sample radiograph missing; run Resources/SampleData/make_sample_radiographs.py")
@@ -57,11 +58,11 @@ def run_demo(out: Path, device: str = "auto") -> dict:
     cache = ModelCache(device)
     predictions: Dict[str, Prediction] = {}
     for n, (folder, name) in enumerate(DEMO_MODELS.items(), start=1):
-        lateral = inputs["lateral"] if folder == "biplanar" else None
+        lateral = inputs[LATERAL_KEY] if folder == "biplanar" else None
         model = cache.get(name, have_lateral=lateral is not None)
         print(f"[{n}/{len(DEMO_MODELS) + 1}] {name} on {model.device}: {'PA + lateral' if lateral else 'PA only'}")
         classifiers = cache.classifiers(have_lateral=lateral is not None)
-        predictions[folder] = predict(model, inputs["pa"], lateral, classifiers=classifiers)
+        predictions[folder] = predict(model, inputs[PA_KEY], lateral, classifiers=classifiers)
     print(f"[{len(DEMO_MODELS) + 1}/{len(DEMO_MODELS) + 1}] writing {out}/")
     summary = {
         "inputs": {k: str(v) for k, v in inputs.items()},
@@ -73,7 +74,7 @@ def run_demo(out: Path, device: str = "auto") -> dict:
                 "consistency": p.consistency_score,
                 "consistency_per_view": p.consistency,
                 "generator_s": p.timings_s["generator"],
-                "findings": {f["output"]: {"probability": f["probability"], "call": f["call"]} for f in p.findings},
+                "findings": {f.output: {"probability": f.probability, "call": f.call} for f in p.findings},
                 "outputs": f"{folder}/",
             }
             for folder, p in predictions.items()

@@ -8,8 +8,8 @@ perpendicular to the central ray. Detector pixels are ``detector_mm / size`` wid
 isocentre are magnified ``sid_mm / sad_mm`` (1.754 for the defaults, so 500 mm of detector see
 285 mm at the isocentre).
 
-Views and display (x2ct.views; volume axes (D, H, W) = (S->I, A->P, R->L), see x2ct.geometry)
-----------------------------------------------------------------------------------------------
+Views and display (x2ct.views; the volume's (D, H, W) axes are x2ct.geometry's)
+-------------------------------------------------------------------------------
 * PA: source posterior (+H side), detector anterior. Image rows run along D (row 0 superior),
   columns along W (column 0 = patient right, radiological display).
 * AP: source anterior (-H side), detector posterior; same display as PA.
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
@@ -58,6 +57,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .atomic import PathLike, atomic_path
+from .drr_geometry import DRRGeometry
 from .geometry import GRID_SIZES, grid_of, to_canonical
 from .views import AP, LATERAL, PA, normalize_view
 
@@ -74,39 +74,6 @@ _ELEMENTS_PER_CHUNK = 1 << 19
 """Sample-plane elements processed at once (bounds memory to a few MB per volume; cache friendly)."""
 
 Spacing = Union[float, Sequence[float]]
-
-
-@dataclass(frozen=True)
-class DRRGeometry:
-    """Cone-beam geometry in mm. Defaults = official X2CT-GAN DRRs; set them for your own X-ray room.
-
-    ``sad_mm``: source to isocentre; ``sid_mm``: source to detector plane; ``detector_mm``: edge of
-    the square detector. The pixel count is chosen per call (``size``).
-    """
-
-    sad_mm: float = 541.0
-    sid_mm: float = 949.0
-    detector_mm: float = 500.0
-
-    def __post_init__(self) -> None:
-        if not (self.sad_mm > 0 and self.sid_mm > self.sad_mm and self.detector_mm > 0):
-            raise ValueError(
-                f"need 0 < SAD < SID and detector > 0 (mm), got SAD {self.sad_mm}, SID {self.sid_mm}, "
-                f"detector {self.detector_mm}"
-            )
-
-    @property
-    def magnification(self) -> float:
-        """Magnification of an object at the isocentre (SID / SAD)."""
-        return self.sid_mm / self.sad_mm
-
-    def detector_spacing_mm(self, size: int) -> float:
-        """Pixel pitch on the detector in mm for ``size`` pixels per edge."""
-        return self.detector_mm / size
-
-    def isocenter_spacing_mm(self, size: int) -> float:
-        """Pixel pitch back-projected to the isocentre plane in mm (detector pitch x SAD / SID)."""
-        return self.detector_spacing_mm(size) / self.magnification
 
 
 def hu_to_mu(hu: torch.Tensor, mu_water: float = MU_WATER_PER_MM) -> torch.Tensor:

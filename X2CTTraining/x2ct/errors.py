@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -19,3 +19,14 @@ class InputError(ValueError):
         self.path = os.fspath(path) if path is not None else None
         self.problem = " ".join(str(problem).split())  # always a single line
         super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+
+class MissingExtraError(InputError):
+    """A command needs an optional extra of the package (``pip install 'x2ct[NAME]'``) that is not installed."""
+
+    def __init__(self, extra: str, needed_by: str, missing: Sequence[str]) -> None:
+        self.extra, self.missing = extra, list(missing)
+        super().__init__(
+            None,
+            f"{needed_by} needs the {extra} extra: pip install 'x2ct[{extra}]' (cannot import {', '.join(missing)})",
+        )

@@ -47,6 +47,12 @@ BODY_THRESHOLD_HU = -500.0
 LUNG_THRESHOLD_HU = -400.0
 """Voxels inside the body and below this are internal air (lungs, airways)."""
 
+AXIS_DIRECTIONS = ("superior->inferior", "anterior->posterior", "patient right->left")
+"""Where the canonical array axes D, H and W point, in words (the definition is this module's docstring)."""
+
+AXES = f"(D, H, W) = ({', '.join(AXIS_DIRECTIONS)})"
+"""The canonical array axes in words, for file headers and metadata."""
+
 Vector3 = Tuple[float, float, float]
 
 

@@ -2,10 +2,10 @@
 
 :func:`grad_cam` computes, for one case and one output logit, a map per input of the network (PA,
 lateral, CT) on that input's own grid and axis order: (S, S) for a radiograph (rows S->I; PA columns
-R->L, lateral columns A->P), (D, H, W) = (S->I, A->P, R->L) for a CT. Maps are float32 in [0, 1]: the
-ReLU of the gradient-weighted sum of the layer's channels, resampled (bilinear / trilinear) to the
-input grid, divided by its maximum (an all-zero map stays zero; values are comparable within a map,
-not between maps or cases).
+R->L, lateral columns A->P), (D, H, W) on the canonical axes of :mod:`x2ct.geometry` for a CT. Maps
+are float32 in [0, 1]: the ReLU of the gradient-weighted sum of the layer's channels, resampled
+(bilinear / trilinear) to the input grid, divided by its maximum (an all-zero map stays zero; values
+are comparable within a map, not between maps or cases).
 
 :func:`guided_grad_cam` multiplies each map by guided backpropagation at the input's resolution
 (Selvaraju et al. 2017, section 3.1): a finer map whose peak marks the voxels inside Grad-CAM's region

@@ -1,4 +1,4 @@
-"""X2CT-GAN losses, as resolved from the official configs (reference/x2ct_official.md §2).
+"""X2CT-GAN losses, as resolved from the official configs (kylekma/X2CT ``3DGAN/experiment/*/d2_*2500.yml``).
 
 Generator:      0.1 · LSGAN(D(x, G(x)) -> 1)  +  10 · MSE(G(x), ct)  +  (10/3) · Σ_axes L1(proj G(x), proj ct)
 Discriminator:  0.1 · (MSE(D(x, ct), 1) + MSE(D(x, G(x)), 0))        (no ½; no image pool)

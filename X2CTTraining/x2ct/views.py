@@ -1,6 +1,7 @@
 """Radiograph view names and how each view's pixels relate to the canonical volume.
 
-The one place that knows view names. Display convention (ARCHITECTURE.md, fixed):
+The one place that knows view names. Display convention (the official X2CT-GAN one, see
+:mod:`x2ct.geometry` for the volume axes):
 
 * Rows of every radiograph run along the volume's D axis: row 0 is superior.
 * PA (and AP) columns run along W in radiological display: column 0 is the patient's right.
@@ -17,6 +18,18 @@ LATERAL = "LATERAL"
 
 VIEWS = (PA, AP, LATERAL)
 FRONTAL_VIEWS = (PA, AP)
+
+# Input keys: the names of a model's input images in batches, classifier metadata ("inputs"), Grad-CAM
+# file names and the JSON outputs. A radiograph's key is its view's name in lower case; the CT has its own.
+PA_KEY = "pa"
+LATERAL_KEY = "lateral"
+CT_KEY = "ct"
+INPUT_KEYS = (PA_KEY, LATERAL_KEY, CT_KEY)
+"""Every input key, in the order batches and metadata list them."""
+RADIOGRAPH_VIEWS = (PA, LATERAL)
+"""The views a model takes (an AP frontal is read as the PA input)."""
+_KEY_OF_VIEW = {PA: PA_KEY, AP: PA_KEY, LATERAL: LATERAL_KEY}
+_VIEW_OF_KEY = {PA_KEY: PA, LATERAL_KEY: LATERAL}
 
 # DICOM ViewPosition (0018,5101) defined terms -> our view names. Oblique and decubitus views map to None.
 _VIEW_POSITION = {"PA": PA, "AP": AP, "LL": LATERAL, "RL": LATERAL, "LATERAL": LATERAL, "LAT": LATERAL}
@@ -64,3 +77,19 @@ def view_from_patient_orientation(row_direction: str, column_direction: str) -> 
 def is_frontal(view: Optional[str]) -> bool:
     """True for PA and AP."""
     return view in FRONTAL_VIEWS
+
+
+def input_key(view: str) -> str:
+    """The input key of a radiograph view: ``"pa"`` for PA (and AP), ``"lateral"`` for LATERAL."""
+    try:
+        return _KEY_OF_VIEW[view]
+    except KeyError:
+        raise ValueError(f"no input key for view {view!r}") from None
+
+
+def view_of_key(key: str) -> str:
+    """The view whose radiograph an input key names (``"pa"`` -> PA, ``"lateral"`` -> LATERAL)."""
+    try:
+        return _VIEW_OF_KEY[key]
+    except KeyError:
+        raise ValueError(f"input key {key!r} is not a radiograph view") from None

@@ -1,5 +1,5 @@
-"""Disease classifiers on radiographs, (synthetic) CT and both: tasks and label files, data sets, training,
-evaluation, and synthetic CT for a whole data set (docs/classifiers.md).
+"""Disease classifiers on radiographs, (synthetic) CT and both: tasks and label files, data sets, training and
+evaluation (docs/classifiers.md).
 
 * :mod:`.tasks`: the tasks (``tb``, ``tb_type``, ``tb_activity``, ``pe``) and label-CSV validation;
 * :mod:`.data`: :class:`ClassifierDataset`, batches in the classifier contract's format;
@@ -7,7 +7,8 @@ evaluation, and synthetic CT for a whole data set (docs/classifiers.md).
 * :mod:`.checkpoint`: saving / loading classifiers (safetensors + JSON, sha256 verified);
 * :mod:`.evaluate`: ``x2ct evaluate-classifier`` (DeLong AUC, frozen Youden thresholds, Wilson CIs,
   DeLong comparison, CAM hit rate);
-* :mod:`.synthesize`: ``x2ct synthesize-ct`` (a generator's CT of every case, a CT source).
+
+``x2ct synthesize-ct`` (a generator's CT of every case, a CT source) is :mod:`x2ct.inference.synthesize`.
 
 Submodules are imported on use (torch models and MONAI take seconds to import).
 """

@@ -17,10 +17,12 @@ draws the same angles as an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Mapping
 
 import torch
 import torch.nn.functional as F
+
+from ..views import CT_KEY, LATERAL_KEY, PA_KEY
 
 
 def rotation_angles(seed: int, step: int, n: int, max_degrees: float) -> torch.Tensor:
@@ -52,13 +54,14 @@ def _rotate_coronal(volume: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def rotate_batch(batch: Dict[str, object], angles: torch.Tensor) -> Dict[str, object]:
-    """A copy of ``batch`` with ``pa``, ``lateral`` and ``ct`` rotated by ``angles`` (radians, one per case)."""
+def rotate_batch(images: Mapping[str, torch.Tensor], angles: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """A copy of a batch's ``images`` (input key -> tensor) with ``pa``, ``lateral`` and ``ct`` rotated by
+    ``angles`` (radians, one per case)."""
     cos, sin = torch.cos(angles), torch.sin(angles)
-    out = dict(batch)
-    for key in ("pa", "lateral"):
-        if isinstance(batch.get(key), torch.Tensor):
-            out[key] = _rotate_2d(batch[key], cos, sin)  # type: ignore[arg-type]
-    if isinstance(batch.get("ct"), torch.Tensor):
-        out["ct"] = _rotate_coronal(batch["ct"], cos, sin)  # type: ignore[arg-type]
+    out = dict(images)
+    for key in (PA_KEY, LATERAL_KEY):
+        if key in images:
+            out[key] = _rotate_2d(images[key], cos, sin)
+    if CT_KEY in images:
+        out[CT_KEY] = _rotate_coronal(images[CT_KEY], cos, sin)
     return out

@@ -25,6 +25,7 @@ import torch
 
 from ..atomic import atomic_dir
 from ..errors import InputError, PathLike
+from ..geometry import AXES
 from ..models.checkpoints import load_state_strict, resolve_device
 from ..models.classifiers import ClassifierNet, build_classifier, classifier_config
 from ..models.safetensors_io import read_verified_metadata, read_weights, write_sidecar, write_weights
@@ -38,7 +39,7 @@ INPUT_SPEC = {
     "superior->inferior, columns patient right->left",
     "lateral": "(N, 1, S, S) float32 in [0, 1] as pa, columns anterior->posterior",
     "ct": "(N, 1, S, S, S) float32 = clip(HU + 1024, 0, 2500) / 2500 (x2ct.data.loader.ct_to_unit), canonical "
-    "axes (D, H, W) = (superior->inferior, anterior->posterior, patient right->left)",
+    f"axes {AXES}",
 }
 """What each input key must hold (the classifier contract, docs/classifiers.md)."""
 

@@ -56,10 +56,13 @@ class ClassifierConfig:
     seed: int = _DEFAULTS["seed"]
     # execution
     device: str = _DEFAULTS["device"]
+    amp: bool = _DEFAULTS["amp"]
     threads: int = _DEFAULTS["threads"]
     # bookkeeping
     checkpoint_every_steps: int = _DEFAULTS["checkpoint_every_steps"]
+    keep_every_epochs: int = _DEFAULTS["keep_every_epochs"]
     max_steps: int = _DEFAULTS["max_steps"]
+    val_every_epochs: int = _DEFAULTS["val_every_epochs"]
     progress: bool = _DEFAULTS["progress"]
     tensorboard: str = _DEFAULTS["tensorboard"]
 
@@ -77,9 +80,11 @@ class ClassifierConfig:
                 raise setting_error(self, key, "must be positive")
         if self.batch_size < 2:
             raise setting_error(self, "batch_size", "must be at least 2 (batch normalisation in training mode)")
-        for key in ("weight_decay", "rotation_degrees", "threads", "checkpoint_every_steps", "max_steps"):
+        for key in ("weight_decay", "rotation_degrees"):
             if getattr(self, key) < 0:
                 raise setting_error(self, key, "must not be negative")
+        if self.val_every_epochs < 1:
+            raise setting_error(self, "val_every_epochs", "must be at least 1 (validation selects the model)")
         if not isinstance(self.arch_options, dict):
             raise setting_error(self, "arch_options", "must be a JSON object of architecture options")
         check_shared_settings(self)
@@ -94,8 +99,10 @@ RESUMABLE_KEYS = frozenset(
         "ct_source",
         "cache",
         "device",
+        "amp",
         "threads",
         "checkpoint_every_steps",
+        "keep_every_epochs",
         "max_steps",
         "progress",
     }

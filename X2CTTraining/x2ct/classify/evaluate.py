@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,11 +31,12 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..atomic import atomic_dir
-from ..errors import InputError, PathLike
+from ..data.loader import REAL_CT, CaseLesions, collate, read_lesions
+from ..errors import InputError, MissingExtraError, PathLike
 from ..models.checkpoints import resolve_device
 from ..models.classifiers import ClassifierNet
-from ..views import LATERAL, PA
-from .data import REAL_CT, ClassifierDataset, collate
+from ..views import CT_KEY, LATERAL_KEY, PA_KEY, view_of_key
+from .data import ClassifierDataset
 from .tasks import Task, get_task
 
 PREDICTIONS = "predictions.csv"
@@ -62,7 +62,8 @@ CAM_HIT_DEFINITION = (
 
 
 def require_eval_extra(command: str, modules: Sequence[str] = EVAL_EXTRA) -> None:
-    """InputError (one line, exit 2 from the CLI) when a package of the ``eval`` extra cannot be imported."""
+    """:class:`x2ct.errors.MissingExtraError` (one line, exit 2 from the CLI) when a package of the ``eval``
+    extra cannot be imported."""
     missing = []
     for name in modules:
         try:
@@ -70,11 +71,7 @@ def require_eval_extra(command: str, modules: Sequence[str] = EVAL_EXTRA) -> Non
         except ImportError:
             missing.append(name)
     if missing:
-        raise InputError(
-            None,
-            f"{command} needs the eval extra (scikit-learn, statsmodels, matplotlib): pip install 'x2ct[eval]' "
-            f"(cannot import {', '.join(missing)})",
-        )
+        raise MissingExtraError("eval", command, missing)
 
 
 @torch.no_grad()
@@ -92,7 +89,7 @@ def predict_logits(
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="classify", unit="batch", disable=not progress, dynamic_ncols=True):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], device)
-        chunks.append(net({k: batch[k] for k in inputs}).float().cpu().numpy())
+        chunks.append(net(batch.inputs(inputs)).float().cpu().numpy())
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -124,36 +121,16 @@ def projected_mask(mask: np.ndarray, spacing_mm: Sequence[float], view: str, drr
     return path_mm >= 0.5 * float(min(spacing_mm))
 
 
-def _case_lesions(path: Path, kinds: Sequence[str]) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, Any]]]:
-    """(kind -> mask of the ``kinds`` present in a case file, DRR geometry), or None without masks of those kinds."""
+def _mask_on_map(mask: np.ndarray, key: str, cam: np.ndarray, lesions: CaseLesions) -> np.ndarray:
+    """A (D, H, W) lesion mask on the grid of input ``key``'s map ``cam`` (see :data:`CAM_HIT_DEFINITION`)."""
+    if key == CT_KEY and cam.ndim == 2:  # the coronal map of a two-slice model
+        return resample_mask(mask.any(axis=1), cam.shape)
+    if key == CT_KEY:
+        return resample_mask(mask, cam.shape)
     from ..drr import DRRGeometry
 
-    try:
-        with h5py.File(path, "r") as f:
-            if "lesions" not in f:
-                return None
-            masks = {kind: f[f"lesions/{kind}"][...] > 0 for kind in kinds if kind in f["lesions"]}
-            attrs = dict(f.attrs)
-            spacing = tuple(float(s) for s in f["spacing"][...])
-    except (OSError, KeyError) as err:
-        raise InputError(path, f"unreadable case file ({' '.join(str(err).split())})") from None
-    masks = {kind: mask for kind, mask in masks.items() if mask.any()}
-    if not masks:
-        return None
-    geometry = DRRGeometry(
-        sad_mm=float(attrs["sad_mm"]), sid_mm=float(attrs["sid_mm"]), detector_mm=float(attrs["detector_mm"])
-    )
-    return masks, {"geometry": geometry, "drr_size": int(attrs["drr_size"]), "spacing": spacing}
-
-
-def _mask_on_map(mask: np.ndarray, key: str, cam: np.ndarray, geo: Dict[str, Any]) -> np.ndarray:
-    """A (D, H, W) lesion mask on the grid of input ``key``'s map ``cam`` (see :data:`CAM_HIT_DEFINITION`)."""
-    if key == "ct" and cam.ndim == 2:  # the coronal map of a two-slice model
-        return resample_mask(mask.any(axis=1), cam.shape)
-    if key == "ct":
-        return resample_mask(mask, cam.shape)
-    views = {"pa": PA, "lateral": LATERAL}
-    drr = projected_mask(mask, geo["spacing"], views[key], geo["drr_size"], geo["geometry"])
+    geometry = DRRGeometry(sad_mm=lesions.sad_mm, sid_mm=lesions.sid_mm, detector_mm=lesions.detector_mm)
+    drr = projected_mask(mask, lesions.spacing_mm, view_of_key(key), lesions.drr_size, geometry)
     return resample_mask(drr, cam.shape)
 
 
@@ -200,23 +177,23 @@ def cam_hit_rates(
         tallies: Dict[str, Dict[str, Dict[str, Any]]] = {}
         cases: List[Dict[str, Any]] = []
         for i in tqdm(positives, desc=f"Grad-CAM {column}", unit="case", disable=not progress, dynamic_ncols=True):
-            lesions = _case_lesions(dataset.case_file(i), kinds)
+            lesions = read_lesions(dataset.case_file(i), kinds)
             if lesions is None:
                 continue
-            masks, geo = lesions
+            masks = lesions.masks
             union = np.any(list(masks.values()), axis=0)
             batch = collate([dataset[i]], device)
             record: Dict[str, Any] = {"case_id": dataset.case_ids[i], "kinds": sorted(masks)}
-            maps = grad_cam_and_guided(net, {key: batch[key] for key in inputs}, k)
+            maps = grad_cam_and_guided(net, batch.inputs(inputs), k)
             placed: Dict[Tuple[str, Tuple[int, ...]], Tuple[np.ndarray, Dict[str, np.ndarray]]] = {}
             for method, by_input in zip(CAM_METHODS, maps):
                 for key, cam in by_input.items():
-                    if key == "ct" and constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
+                    if key == CT_KEY and constant_along_ap(cam):  # two-slice models: a coronal map repeated along H
                         cam = cam[:, 0, :]
                     if (key, cam.shape) not in placed:  # the masks on this map's grid, shared by both methods
                         placed[key, cam.shape] = (
-                            _mask_on_map(union, key, cam, geo),
-                            {kind: _mask_on_map(mask, key, cam, geo) for kind, mask in masks.items()},
+                            _mask_on_map(union, key, cam, lesions),
+                            {kind: _mask_on_map(mask, key, cam, lesions) for kind, mask in masks.items()},
                         )
                     union_on_map, on_map = placed[key, cam.shape]
                     hit, near, peak = _hit(cam, union_on_map)  # peak: (d, h, w), (d, w), (row, col)
@@ -239,7 +216,7 @@ def cam_hit_rates(
                     }
             cases.append(record)
         per_input = {key: {m: _rates(t) for m, t in by_method.items()} for key, by_method in tallies.items()}
-        headline_key = "ct" if "ct" in per_input else ("pa" if "pa" in per_input else None)
+        headline_key = CT_KEY if CT_KEY in per_input else (PA_KEY if PA_KEY in per_input else None)
         fields = ("hit_rate", "ci_low", "ci_high", "hit_rate_dilated", "n")
         result["outputs"][column] = {
             "relevant_lesion_kinds": list(kinds),
@@ -416,7 +393,7 @@ def evaluate_classifier(
     task = get_task(str(metadata.get("task")))
     inputs = tuple(metadata["inputs"])
     sizes = metadata.get("input_sizes", {})
-    source = _resolve_ct_source(metadata, ct_source) if "ct" in inputs else REAL_CT
+    source = _resolve_ct_source(metadata, ct_source) if CT_KEY in inputs else REAL_CT
     dataset = ClassifierDataset(
         data,
         labels,
@@ -424,8 +401,8 @@ def evaluate_classifier(
         split,
         inputs,
         source,
-        size_xray=int(sizes.get("pa", sizes.get("lateral", 128))),
-        size_ct=int(sizes.get("ct", 128)),
+        size_xray=int(sizes.get(PA_KEY, sizes.get(LATERAL_KEY, 128))),
+        size_ct=int(sizes.get(CT_KEY, 128)),
         cache=False,
     )
     thresholds = thresholds_of(metadata, task.columns)
@@ -455,7 +432,7 @@ def evaluate_classifier(
             "split_source": dataset.labels.split_source,
             "cases": len(dataset),
             "excluded": dict(dataset.labels.excluded),
-            "ct_source": None if "ct" not in inputs else str(source),
+            "ct_source": None if CT_KEY not in inputs else str(source),
         },
         "device": str(device),
         "comparison": comparison,

@@ -1,5 +1,5 @@
 """Training data: the data-set builder, augmentation, procedural lesions and synthetic benchmark cases.
 
-All arrays here live on the canonical grid of :mod:`x2ct.geometry`: (D, H, W) =
-(superior->inferior, anterior->posterior, patient right->left), isotropic voxels, CT in HU.
+All arrays here live on the canonical grid of :mod:`x2ct.geometry` (its (D, H, W) axes), isotropic
+voxels, CT in HU.
 """

@@ -1,7 +1,7 @@
 """Seeded augmentation of a canonical-grid CT and its label map: affine + elastic warp, HU changes, noise.
 
-Arrays are (D, H, W) = (superior->inferior, anterior->posterior, patient right->left) on the canonical
-grid of :mod:`x2ct.geometry` with isotropic voxels of ``spacing_mm``; the CT is float32 HU, the label
+Arrays are (D, H, W) on the canonical grid of :mod:`x2ct.geometry` (axes defined there) with isotropic
+voxels of ``spacing_mm``; the CT is float32 HU, the label
 map integer (TotalSegmentator ids). Every random number comes from the ``np.random.Generator`` passed
 in, so the same generator state gives the same arrays.
 

@@ -1,11 +1,10 @@
 """Data set builder: CT folders (or one CT with procedural lesions) -> paired CT / PA / lateral HDF5 files.
 
-One HDF5 file per case, ``OUT/<case_id>/ct_xray_data.h5``, in the official X2CT-GAN layout
-(reference/x2ct_official.md §3.3) plus metadata; see docs/datasets.md for the full table.
+One HDF5 file per case, ``OUT/<case_id>/ct_xray_data.h5``, in the official X2CT-GAN layout (kylekma/X2CT
+``3DGAN/lib/dataset/alignDataSetViews.py`` reads it) plus metadata; see docs/datasets.md for the full table.
 
-* ``ct``: uint16 (D, H, W) on the canonical grid (x2ct.geometry; D = superior->inferior,
-  H = anterior->posterior, W = patient right->left; 320 mm cube), value = HU + 1024 rounded and
-  clipped to 0..2500 (the official stored convention; the learning scale is ``ct / 2500``).
+* ``ct``: uint16 (D, H, W) on the canonical grid (x2ct.geometry's axes; 320 mm cube), value = HU + 1024
+  rounded and clipped to 0..2500 (the official stored convention; the learning scale is ``ct / 2500``).
   Everything outside the body mask (x2ct.data.body: table and bed removed) is 0 (= -1024 HU).
 * ``xray1`` (PA) and ``xray2`` (lateral): uint8 (N, N) DRRs of the masked CT with the official
   cone-beam geometry, per-image min-max of the line integral to 0..255 (official PNG convention);
@@ -52,7 +51,7 @@ from .. import __version__
 from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..drr import MU_WATER_PER_MM, DRRGeometry, normalize, project
 from ..errors import InputError, PathLike
-from ..geometry import DIRECTION_LPS, EXTENT_MM, GRID_SIZES, grid_of, labels_to_canonical
+from ..geometry import AXES, DIRECTION_LPS, EXTENT_MM, GRID_SIZES, grid_of, labels_to_canonical
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..io import read_ct
 from ..io.ct import find_dicom_series
@@ -366,7 +365,7 @@ def _conventions(options: BuildOptions, grid_center: Sequence[float]) -> Dict[st
         "synthetic_drrs": "xray1/xray2 are SYNTHETIC digitally reconstructed radiographs; research use only",
         "ct_convention": "uint16 = round(HU + 1024) clipped to 0..2500 (official stored values); learning scale "
         "ct/2500; 0 = -1024 HU = air, also everywhere outside the body mask (table and bed removed)",
-        "axes": "ct (D, H, W) = (superior->inferior, anterior->posterior, patient right->left); xray rows "
+        "axes": f"ct {AXES}; xray rows "
         "superior->inferior; xray1 = PA, columns patient right->left; xray2 = lateral, columns anterior->posterior",
         "xray_convention": "uint8 0..255 = per-image min-max of the cone-beam line integral of the masked CT "
         "(mu = mu_water (1 + HU/1000)), dense = bright (official DRR PNG convention)",

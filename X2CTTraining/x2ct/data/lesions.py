@@ -1,7 +1,7 @@
 """Procedural lung lesions painted into a canonical-grid CT, placed with its organ label map.
 
-Arrays are (D, H, W) = (superior->inferior, anterior->posterior, patient right->left) with isotropic
-voxels of ``spacing_mm``; the CT is float32 HU, the labels TotalSegmentator ids (lung lobes 10-14,
+Arrays are (D, H, W) on the canonical axes of :mod:`x2ct.geometry`, with isotropic voxels of
+``spacing_mm``; the CT is float32 HU, the labels TotalSegmentator ids (lung lobes 10-14,
 pulmonary vein 53; see Resources/SampleData/structures.csv). Every inserter has the signature
 ``f(ct_hu, labels, rng, spacing_mm, free=None) -> (ct_hu, mask)``: it returns a modified copy of the CT
 and the boolean lesion mask (same shape), draws all randomness from ``rng`` and, when ``free`` (bool,

@@ -1,8 +1,8 @@
 """Synthetic labelled cases from one real CT: seeded augmentation + a random mix of procedural lesions.
 
 :func:`synthetic_case` is what ``x2ct build-dataset --synthetic-from CT`` calls once per case. Arrays
-are canonical-grid (D, H, W) = (superior->inferior, anterior->posterior, patient right->left), the CT
-float32 HU, the label map integer, ``spacing_mm`` the isotropic voxel edge.
+are canonical-grid (D, H, W) (axes: :mod:`x2ct.geometry`), the CT float32 HU, the label map integer,
+``spacing_mm`` the isotropic voxel edge.
 
 Labels (targets) per case, from the lesion kinds it contains (:data:`KIND_LABELS`; table in
 docs/synthetic_lesions.md):

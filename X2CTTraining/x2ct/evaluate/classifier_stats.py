@@ -34,6 +34,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ..atomic import atomic_path
+from ..errors import MissingExtraError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -71,13 +72,11 @@ class AUCComparison:
 
 
 def _require(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` from the optional eval extra, or raise a one-line RuntimeError saying how to install it."""
+    """Import ``module`` from the optional eval extra, or raise :class:`x2ct.errors.MissingExtraError`."""
     try:
         return importlib.import_module(module)
-    except ImportError as err:
-        raise RuntimeError(
-            f"{purpose} needs the eval extra: pip install 'x2ct[eval]' (cannot import {module}: {err})"
-        ) from err
+    except ImportError:
+        raise MissingExtraError("eval", purpose, [module]) from None
 
 
 def _check_alpha(alpha: float) -> float:

@@ -1,9 +1,10 @@
 """``x2ct evaluate-generator``: score a generator on one split of a built data set under the metric protocol.
 
 For each case the generator sees the case's stored DRR(s) through the training loader
-(:mod:`x2ct.data.loader`: order-1 resize to the model's grid, /255) and its output, clamped to
-[0, 1], is compared with the loader's ground truth on the same grid (the official evaluation resizes
-the CT to the model's grid the same way). Both go to HU (``2500·unit − 1024``) and into
+(:mod:`x2ct.data.loader`: order-1 resize to the model's grid, /255) in
+:func:`x2ct.inference.run.run_generator`, and its output, clamped to [0, 1], is compared with the
+loader's ground truth on the same grid (the official evaluation resizes the CT to the model's grid
+the same way). Both go to HU (``2500·unit − 1024``) and into
 :func:`x2ct.evaluate.image_metrics.case_metrics`, so every column is the one docs/metric_protocol.md
 declares. Writes ``metrics_per_case.csv`` and ``metrics_summary.json`` (protocol, statistics, plus the
 model, data and split that produced them).
@@ -22,9 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
-from ..data.loader import X2CTDataset, collate
+from ..data.loader import CaseDataset, collate, generator_sizes
 from ..errors import PathLike
+from ..inference.run import run_generator
 from ..intensity import HU_OFFSET, UNIT_RANGE
+from ..views import CT_KEY, LATERAL, PA
 from .image_metrics import case_metrics, write_metrics
 
 TRAIN_CHECKPOINT_SUFFIX = ".pt"
@@ -48,7 +51,7 @@ def load_model(model: Union[str, PathLike, nn.Module], device: torch.device) -> 
 
 
 def _views(net: nn.Module) -> int:
-    views = getattr(net, "views", ("PA", "LATERAL"))
+    views = getattr(net, "views", (PA, LATERAL))
     return len(views)
 
 
@@ -75,18 +78,18 @@ def evaluate_generator(
     from ..models.checkpoints import resolve_device
 
     device = resolve_device(device)
-    dataset = X2CTDataset(data, split, cache=False)  # checks the folder and the split before the model loads
+    CaseDataset(data, split, {}, cache=False)  # checks the folder and the split before the model loads
     net = load_model(model, device)
-    dataset.size, dataset.views = _grid(net), _views(net)
+    dataset = CaseDataset(data, split, generator_sizes(_grid(net), _views(net)), cache=False)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rows: List[Dict[str, Any]] = []
     for i in tqdm(range(count), desc=f"evaluate {split}", unit="case", disable=not progress, dynamic_ncols=True):
         batch = collate([dataset[i]], device)
-        pred = net(batch["pa"], batch["lateral"]).float().clamp(0, 1).cpu().numpy()[0, 0]
-        gt = batch["ct"].cpu().numpy()[0, 0]
+        pred = run_generator(net, batch.images).clamp(0, 1).cpu().numpy()[0, 0]
+        gt = batch.images[CT_KEY].cpu().numpy()[0, 0]
         pred_hu = pred * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
         gt_hu = gt * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
-        rows.append(case_metrics(batch["case_id"][0], pred_hu, gt_hu))
+        rows.append(case_metrics(batch.case_ids[0], pred_hu, gt_hu))
     csv_path, json_path = write_metrics(rows, out)
     document = json.loads(json_path.read_text(encoding="utf-8"))
     meta = dict(getattr(net, "metadata", {}) or {})

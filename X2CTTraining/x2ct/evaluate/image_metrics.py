@@ -1,8 +1,8 @@
 """Image-quality metrics of a synthetic CT against its ground truth, under one declared protocol.
 
-Every volume is a canonical (D, H, W) array (D superior->inferior, H anterior->posterior,
-W patient right->left; see :mod:`x2ct.geometry`). The full protocol, with formulas and the quirks
-of the official X2CT-GAN evaluation, is ``docs/metric_protocol.md``; :data:`PROTOCOL_VERSION` names it.
+Every volume is a canonical (D, H, W) array (axes: :mod:`x2ct.geometry`). The full protocol, with
+formulas and the quirks of the official X2CT-GAN evaluation, is ``docs/metric_protocol.md``;
+:data:`PROTOCOL_VERSION` names it.
 
 Three families of columns, all per case:
 

@@ -1,6 +1,6 @@
 """Writing a synthetic CT as a classic multi-file DICOM CT Image Storage series, marked synthetic.
 
-Follows shared/reference/clinical_conventions.md §1.1-1.3: several independent "synthetic" markers
+Several independent "synthetic" markers (DICOM PS3.3: the SOP Common and General Image modules)
 (SyntheticData YES, ImageType DERIVED\\SECONDARY\\AXIAL, a SeriesDescription starting "SYNTHETIC",
 ContentQualification RESEARCH, DerivationDescription, ImageComments, Synthesizing Equipment in
 ContributingEquipmentSequence), links to the source radiographs, new series/instance/frame-of-reference

@@ -550,7 +550,8 @@ def _spacing_pair(ds: Dataset, keyword: str) -> tuple[float, float] | None:
 
 
 def _dicom_spacing(ds: Dataset, notes: list[str]) -> tuple[tuple[float, float] | None, str | None]:
-    """Spacing (row, column) in mm and its source, in the order of clinical_conventions.md §2.3."""
+    """Spacing (row, column) in mm and its source: PixelSpacing (calibrated at the patient), else ImagerPixelSpacing
+    divided by EstimatedRadiographicMagnificationFactor (DICOM PS3.3 C.8.11.7 and C.16.1)."""
     calibrated = _spacing_pair(ds, "PixelSpacing")
     if calibrated:
         return calibrated, "PixelSpacing"

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..atomic import sha256_file
 from ..errors import InputError, PathLike
+from ..geometry import AXES
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..resources import bundled_names, resources_dir
 from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
@@ -57,14 +58,14 @@ OFFICIAL_INPUT = {
     "size": 128,
     "normalization": "uint8 / 255 of a per-image min-max scaled DRR-like radiograph (official X2CT-GAN)",
 }
-"""Input convention of the official weights (reference §3.3/§5)."""
+"""Input convention of the official weights (kylekma/X2CT ``3DGAN/lib/dataset/data_augmentation_1030.py``)."""
 INTENSITY = {
     "convention": "unit = clip(HU + 1024, 0, 2500) / 2500; HU = 2500 * unit - 1024",
     "hu_offset": HU_OFFSET,
     "unit_range": UNIT_RANGE,
     "output_range": [0.0, 1.0],
 }
-OUTPUT_ORDER = "(N,1,D,H,W) canonical: D superior->inferior, H anterior->posterior, W patient right->left"
+OUTPUT_ORDER = f"(N, 1, D, H, W), canonical axes {AXES}"
 
 
 # --------------------------------------------------------------------------------------------------

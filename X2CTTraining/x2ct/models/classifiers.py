@@ -7,7 +7,7 @@ returns logits (N, K) (apply a sigmoid for probabilities; the tasks are multi-la
 * ``"lateral"``: (N, 1, S, S) lateral radiograph in [0, 1]; rows superior->inferior, columns
   anterior->posterior.
 * ``"ct"``: (N, 1, D, H, W) CT in the unit scale of :mod:`x2ct.intensity` ((HU + 1024) / 2500 clipped to
-  [0, 1]), canonical axes of :mod:`x2ct.geometry`: (D, H, W) = (S->I, A->P, R->L).
+  [0, 1]), on the canonical (D, H, W) axes of :mod:`x2ct.geometry`.
 
 So a PA image is a (D, W) picture and a coronal CT slice (fixed H) is the same frame.
 

@@ -1,7 +1,7 @@
 """X2CT-GAN generators (+S single view, +B biplanar) and the conditional 3D PatchGAN discriminator.
 
-A clean-room reimplementation from the prose description of the official code
-(kylekma/X2CT, ``3DGAN/lib/model/nets``; see ``../shared/reference/x2ct_official.md``). Module names,
+A clean-room reimplementation from a prose description of the official code
+(kylekma/X2CT, ``3DGAN/lib/model/nets``). Module names,
 ``nn.Sequential`` indices and parameter shapes reproduce the official ``state_dict`` exactly, so an
 official checkpoint loads with ``load_state_dict(strict=True)``. With the default
 :class:`GeneratorConfig` the parameter counts are the official ones: 29,384,481 (+S),
@@ -12,7 +12,7 @@ Shapes (S = ``grid_size``, 128 officially; s = S/32; widths at ``width=1``)::
     radiograph (N,1,S,S) in [0,1]
       encoder (2D):   stem 64@S² -> stage0 128@(S/2)² -> stage1 256@(S/4)² -> stage2 512@(S/8)²
                       -> stage3 512@(S/16)² -> stage4 704@(S/32)² -> global average pool 704
-      Connection-A:   Linear 704 -> 256·s³, Dropout 0.5, ReLU, reshape (N,256,s,s,s)
+      Connection-A:   Linear 704 -> 256·s³, Dropout 0.5 (GeneratorConfig.dropout), ReLU, reshape (N,256,s,s,s)
       Connection-B:   linker i lifts encoder skip i to 3D by copying it along a new dim 2
                       (the ray axis): 16@S³, 16@(S/2)³, 32@(S/4)³, 64@(S/8)³, 128@(S/16)³
       decoder (3D):   256@s³ -> 128@(S/16)³ -> 64 -> 32 -> 16 -> 16@S³, each level
@@ -79,16 +79,20 @@ class GeneratorConfig:
 
     Every channel count is the official one times ``width`` (rounded, at least 1); ``grid_size``
     is both the radiograph size and the output cube edge and must be a multiple of 32, at least 64.
+    ``dropout``: the probability of Connection-A's dropout in training (0.5 officially).
     """
 
     grid_size: int = 128
     width: float = 1.0
+    dropout: float = 0.5
 
     def __post_init__(self) -> None:
         if self.grid_size < 64 or self.grid_size % 32:
             raise ValueError(f"grid_size must be a multiple of 32 and at least 64, got {self.grid_size}")
         if not self.width > 0:
             raise ValueError(f"width must be positive, got {self.width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def channels(self, official: int) -> int:
         """An official channel count scaled by ``width``."""
@@ -309,7 +313,7 @@ class ViewBranch(nn.Module):
             self.add_module(f"encoder_layer{stage}", nn.Sequential(*layers))
 
         self.base_link = nn.Sequential(
-            nn.Linear(enc[5], dec[5] * config.bottom_size**3), nn.Dropout(0.5), nn.ReLU(inplace=True)
+            nn.Linear(enc[5], dec[5] * config.bottom_size**3), nn.Dropout(config.dropout), nn.ReLU(inplace=True)
         )
         for i in range(5):
             self.add_module(f"linker_layer{i}", nn.Sequential(Linker(enc[i], dec[i])))

@@ -4,7 +4,7 @@
 :class:`TrainConfig` take their defaults from it when this module is imported, and the import fails if
 the file lacks a setting, has an unknown one or gives one a value of the wrong type (the parsing is
 :mod:`x2ct.train.settings`, shared with the classifier's settings). The defaults are the
-official X2CT-GAN ones (reference/x2ct_official.md §2): LSGAN ×0.1 with a conditional 3D PatchGAN,
+official X2CT-GAN ones (kylekma/X2CT ``d2_multiview2500.yml``): LSGAN ×0.1 with a conditional 3D PatchGAN,
 MSE ×10, projection L1 ×10 (averaged over three axes), Adam 2e-4 with betas (0.5, 0.99) for G and D,
 50 constant + 50 linearly decaying epochs, batch 4, 128³ grid, full width. docs/training.md lists
 every key.
@@ -41,6 +41,7 @@ class TrainConfig:
     views: int = _DEFAULTS["views"]
     grid_size: int = _DEFAULTS["grid_size"]
     width: float = _DEFAULTS["width"]
+    dropout: float = _DEFAULTS["dropout"]
     ndf: int = _DEFAULTS["ndf"]
     # losses
     gan_weight: float = _DEFAULTS["gan_weight"]
@@ -89,22 +90,13 @@ class TrainConfig:
             raise setting_error(self, "views", "use 2 (PA + lateral, +B) or 1 (PA only, +S)")
         if self.grid_size < 64 or self.grid_size % 32:
             raise setting_error(self, "grid_size", "must be a multiple of 32 and at least 64")
+        if not 0.0 <= self.dropout < 1.0:
+            raise setting_error(self, "dropout", "must be in [0, 1)")
         for key in ("width", "lr", "batch_size", "ndf"):
             if not getattr(self, key) > 0:
                 raise setting_error(self, key, "must be positive")
-        for key in (
-            "gan_weight",
-            "recon_weight",
-            "projection_weight",
-            "epochs_constant",
-            "epochs_decay",
-            "threads",
-            "checkpoint_every_steps",
-            "keep_every_epochs",
-            "max_steps",
-            "val_every_epochs",
-            "sample_every_epochs",
-        ):
+        for key in ("gan_weight", "recon_weight", "projection_weight", "epochs_constant", "epochs_decay",
+                    "sample_every_epochs"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise setting_error(self, key, "must not be negative")
         if self.epochs < 1:

@@ -148,9 +148,17 @@ class Settings(Generic[Config]):
                 )
 
 
+ENGINE_COUNTS = ("threads", "checkpoint_every_steps", "keep_every_epochs", "max_steps", "val_every_epochs")
+"""Settings of the training engine (x2ct.train.engine.RunSettings) that count something and may be 0 (= off)."""
+
+
 def check_shared_settings(config: Any) -> None:
-    """The rules of the settings every kind of run has: ``beta1``, ``beta2`` in [0, 1) (Adam), ``device`` auto,
-    cpu or cuda[:index], ``tensorboard`` one of :data:`TENSORBOARD_MODES`. InputError naming the key."""
+    """The rules of the settings every kind of run has: ``beta1``, ``beta2`` in [0, 1) (Adam), the engine's
+    counts (:data:`ENGINE_COUNTS`) not negative, ``device`` auto, cpu or cuda[:index], ``tensorboard`` one of
+    :data:`TENSORBOARD_MODES`. InputError naming the key."""
+    for key in ENGINE_COUNTS:
+        if getattr(config, key) < 0:
+            raise setting_error(config, key, "must not be negative")
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(config, key) < 1:
             raise setting_error(config, key, "must be in [0, 1)")

@@ -13,7 +13,7 @@ Layout (tiles of ``TILE`` pixels)::
 
 Finding labels read ``tb_present 0.73 >= 0.41 POS`` (probability, frozen threshold, call); CT tiles name
 the coronal slice (``h32`` = H index 32); heat maps use x2ct.gradcam.cam_overlay_rgb. A small cross marks
-the finding's Guided Grad-CAM peak (``guided_peak`` of x2ct.findings) on every heat-map tile.
+the finding's Guided Grad-CAM peak (:attr:`x2ct.inference.types.Finding.guided_peak`) on every heat-map tile.
 
 Radiographs are shown in their display convention (x2ct.views): PA with the patient's right on the
 image left, lateral with anterior on the left, superior up. Slices follow x2ct.preview's radiological
@@ -22,17 +22,15 @@ display of the canonical (D, H, W) array.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .gradcam import cam_overlay_rgb
-from .preview import DEFAULT_WINDOW_HU, SLICE_LETTERS, draw_orientation_letters, three_plane_slices
-from .views import LATERAL
-
-if TYPE_CHECKING:
-    from .pipeline import Prediction
+from ..gradcam import cam_overlay_rgb
+from ..preview import DEFAULT_WINDOW_HU, SLICE_LETTERS, draw_orientation_letters, three_plane_slices
+from ..views import CT_KEY, LATERAL, PA, RADIOGRAPH_VIEWS, input_key
+from .types import Finding, Prediction
 
 TILE = 256
 """Edge of one picture tile in pixels."""
@@ -43,7 +41,7 @@ _HEADER = 24
 _BANNER_HEIGHT = 26
 _LABEL = 18
 
-_RADIOGRAPH_LETTERS = {"PA": ("S", "I", "R", "L"), LATERAL: ("S", "I", "A", "P")}  # top, bottom, left, right
+_RADIOGRAPH_LETTERS = {PA: ("S", "I", "R", "L"), LATERAL: ("S", "I", "A", "P")}  # top, bottom, left, right
 
 
 def _tile(gray_unit: np.ndarray) -> Image.Image:
@@ -57,10 +55,10 @@ def _window(slice_hu: np.ndarray, window: Tuple[float, float] = DEFAULT_WINDOW_H
     return (slice_hu - low) / (high - low)
 
 
-def _finding_caption(finding: Dict[str, Any]) -> str:
-    positive = finding["call"] == "positive"
+def _finding_caption(finding: Finding) -> str:
+    positive = finding.call == "positive"
     relation, call = (">=", "POS") if positive else ("<", "neg")
-    return f"{finding['output']} {finding['probability']:.2f} {relation} {finding['threshold']:.2f} {call}"
+    return f"{finding.output} {finding.probability:.2f} {relation} {finding.threshold:.2f} {call}"
 
 
 def _peak_coronal_index(cam: np.ndarray) -> int:
@@ -76,7 +74,7 @@ def _tile_xy(pixel_rc: Tuple[float, float], shape: Tuple[int, int]) -> Tuple[flo
     return (pixel_rc[1] + 0.5) * TILE / cols - 0.5, (pixel_rc[0] + 0.5) * TILE / rows - 0.5
 
 
-def _ct_peak_index(lps_mm: List[Optional[float]], prediction: Prediction) -> Tuple[float, Optional[float], float]:
+def _ct_peak_index(lps_mm: Sequence[Optional[float]], prediction: Prediction) -> Tuple[float, Optional[float], float]:
     """A guided peak's LPS (mm; y may be None) -> continuous (d, h, w) on the synthetic CT's grid (h None with y)."""
     centre = prediction.grid.center_lps
     point = [centre[axis] if value is None else value for axis, value in enumerate(lps_mm)]
@@ -94,22 +92,22 @@ def _mark(tile: Image.Image, x: float, y: float) -> None:
 
 def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, Tuple[str, str, str, str]]]]:
     """Rows 3 and 4 of the report: Grad-CAM over the radiograph and over the coronal CT slice at the peak."""
-    captions = {f["output"]: _finding_caption(f) for f in prediction.findings}
-    peaks = {f["output"]: f.get("guided_peak") or {} for f in prediction.findings}
+    captions = {f.output: _finding_caption(f) for f in prediction.findings}
+    peaks = {f.output: f.guided_peak for f in prediction.findings}
     radiograph_row = []
-    for key, view in (("pa", "PA"), ("lateral", LATERAL)):
-        for output, cam in prediction.cams.get(key, {}).items():
+    for view in RADIOGRAPH_VIEWS:
+        for output, cam in prediction.heat_maps.radiographs.get(view, {}).items():
             pixels = prediction.views[view].radiograph.pixels
             overlay = Image.fromarray(cam_overlay_rgb(pixels, cam)).resize((TILE, TILE), Image.BILINEAR)
-            peak = peaks.get(output, {}).get(key)
+            peak = peaks.get(output, {}).get(input_key(view))
             if peak is not None:
-                _mark(overlay, *_tile_xy(peak["pixel_rc"], pixels.shape))
+                _mark(overlay, *_tile_xy(peak.pixel_rc, pixels.shape))
             radiograph_row.append((overlay, f"{view} {captions[output]}", _RADIOGRAPH_LETTERS[view]))
     ct_row = []
     depth, _, width = prediction.volume_hu.shape
-    for output, cam in prediction.cams.get("ct", {}).items():
-        peak = peaks.get(output, {}).get("ct")
-        d, h_peak, w = _ct_peak_index(peak["lps_mm"], prediction) if peak is not None else (None, None, None)
+    for output, cam in prediction.heat_maps.ct.items():
+        peak = peaks.get(output, {}).get(CT_KEY)
+        d, h_peak, w = _ct_peak_index(peak.lps_mm, prediction) if peak is not None else (None, None, None)
         h = _peak_coronal_index(cam) if h_peak is None else int(np.clip(round(h_peak), 0, cam.shape[1] - 1))
         gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
         overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
@@ -124,7 +122,7 @@ def report_picture(prediction: Prediction) -> Image.Image:
     font = ImageFont.load_default(size=14)
     row1: List[Tuple[Image.Image, str, Tuple[str, str, str, str]]] = []
     for view, prepared in prediction.views.items():
-        letters = _RADIOGRAPH_LETTERS.get(view, _RADIOGRAPH_LETTERS["PA"])
+        letters = _RADIOGRAPH_LETTERS.get(view, _RADIOGRAPH_LETTERS[PA])
         scores = prediction.consistency[view]
         row1.append((_tile(prepared.model_input), f"{view} input", letters))
         row1.append(

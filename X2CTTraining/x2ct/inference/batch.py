@@ -1,0 +1,185 @@
+"""``x2ct predict --manifest``: many cases from a CSV, with resume, per-case failure isolation and sharding.
+
+The manifest has the columns ``case_id``, ``pa`` and (optional, column or cell) ``lateral``; relative
+paths are taken from the CSV's folder. Each case goes to ``OUT/<case_id>/`` through
+:func:`x2ct.inference.predict.predict_to_folder`; ``OUT/batch_summary.csv`` lists every case's status.
+
+Under ``torchrun`` with several processes (:mod:`x2ct.distributed`) the cases are shared out
+round-robin; each rank writes its own case folders (atomically) and rank 0 writes the merged
+``batch_summary.csv`` once every rank is done. One process rewrites it after every case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from tqdm import tqdm
+
+from ..atomic import write_text_atomic
+from ..distributed import gather, session, shard
+from ..errors import InputError, PathLike
+from ..models.checkpoints import resolve_device
+from ..views import LATERAL_KEY, PA_KEY
+from .models import ModelCache
+from .outputs import is_finished
+from .predict import predict_to_folder
+
+MANIFEST_COLUMNS = (PA_KEY, LATERAL_KEY, "case_id")
+"""Columns of a ``--manifest`` CSV; ``lateral`` is optional (column or cell)."""
+
+BATCH_SUMMARY = "batch_summary.csv"
+"""Per-case status table written into the batch output folder."""
+
+_CASE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class ManifestCase:
+    """One manifest row: the case id (a plain file name) and its radiographs (``lateral`` None when absent)."""
+
+    case_id: str
+    pa: Optional[Path]
+    lateral: Optional[Path]
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one manifest row: ``status`` is "done", "skipped" (finished earlier) or "failed"."""
+
+    case_id: str
+    status: str
+    message: str = ""
+    consistency: Optional[float] = None
+
+
+@dataclass
+class BatchReport:
+    """What :func:`predict_manifest` did: every case's result in manifest order and the summary CSV. ``rank``: this
+    process's rank under torchrun (0 otherwise); only rank 0 reports."""
+
+    cases: List[CaseResult]
+    summary_csv: Path
+    rank: int = 0
+
+    def count(self, status: str) -> int:
+        """How many cases have ``status``."""
+        return sum(case.status == status for case in self.cases)
+
+
+def read_manifest(path: PathLike) -> List[ManifestCase]:
+    """The rows of a manifest CSV; relative paths are taken from the CSV's folder.
+
+    Raises InputError (naming the CSV) for a missing file or column, an empty manifest, or a case id
+    that is empty, repeated, or not a plain file name (letters, digits, ``.``, ``_``, ``-``).
+    """
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise InputError(manifest, "manifest file not found")
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in (PA_KEY, "case_id") if c not in columns]
+        if missing:
+            raise InputError(
+                manifest, f"missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}"
+            )
+        raw_rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    cases: List[ManifestCase] = []
+    seen = set()
+    for number, row in enumerate(raw_rows, start=2):
+        case_id = row.get("case_id", "")
+        if not case_id or case_id.startswith(".") or not set(case_id) <= _CASE_ID_CHARS:
+            raise InputError(
+                manifest, f"line {number}: case_id '{case_id}' must be a plain name (letters, digits, . _ -)"
+            )
+        if case_id in seen:
+            raise InputError(manifest, f"line {number}: case_id '{case_id}' appears twice")
+        seen.add(case_id)
+
+        def resolve(cell: str) -> Optional[Path]:
+            return (manifest.parent / cell) if cell else None
+
+        cases.append(ManifestCase(case_id, resolve(row.get(PA_KEY, "")), resolve(row.get(LATERAL_KEY, ""))))
+    if not cases:
+        raise InputError(manifest, "manifest lists no cases")
+    return cases
+
+
+def _write_batch_summary(out_root: Path, results: Sequence[CaseResult]) -> None:
+    """``out_root/batch_summary.csv``: case id, status, consistency and message of every result."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case_id", "status", "consistency", "message"])
+    for r in results:
+        writer.writerow([r.case_id, r.status, "" if r.consistency is None else r.consistency, r.message])
+    out_root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_root / BATCH_SUMMARY, buffer.getvalue())
+
+
+def _run_case(
+    case: ManifestCase,
+    out: Path,
+    cache: ModelCache,
+    model: Optional[str],
+    dicom: bool,
+    force: bool,
+    view_override: bool,
+) -> CaseResult:
+    """One case into ``out/<case_id>/``: skipped when finished earlier; any failure becomes a "failed" result."""
+    case_dir = out / case.case_id
+    if is_finished(case_dir):
+        return CaseResult(case.case_id, "skipped", "finished earlier")
+    try:
+        prediction = predict_to_folder(
+            case_dir, case.pa, case.lateral, model, dicom=dicom, force=force, view_override=view_override, cache=cache
+        )
+        return CaseResult(case.case_id, "done", consistency=prediction.consistency_score)
+    except InputError as err:
+        return CaseResult(case.case_id, "failed", str(err))
+    except Exception as err:  # isolation: an unexpected failure of one case must not stop the batch
+        return CaseResult(case.case_id, "failed", f"{type(err).__name__}: {err}")
+
+
+def predict_manifest(
+    manifest: PathLike,
+    out_root: PathLike,
+    model: Optional[str] = None,
+    device: str = "auto",
+    dicom: bool = False,
+    force: bool = False,
+    view_override: bool = False,
+    show_progress: bool = True,
+    classifiers: Optional[Sequence[PathLike]] = None,
+) -> BatchReport:
+    """Predict every case of a manifest CSV into ``out_root/<case_id>/`` (module doc).
+
+    Resume: a case whose folder already holds a finished prediction is skipped. Failure isolation:
+    a case that fails is recorded (one line on stderr) and the others go on. The manifest is
+    validated before any case runs. ``classifiers`` as in :class:`~x2ct.inference.models.ModelCache`.
+    """
+    cases = read_manifest(manifest)
+    out = Path(out_root)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output exists and is not a folder")
+    chosen = resolve_device(device)
+    with session(chosen) as ctx:
+        cache = ModelCache(ctx.device(chosen), classifiers)
+        results: List[CaseResult] = []
+        mine = shard(cases, ctx)
+        bar = tqdm(mine, desc="predict", unit="case", disable=not (show_progress and ctx.is_main))
+        for case in bar:
+            results.append(_run_case(case, out, cache, model, dicom, force, view_override))
+            if results[-1].status == "failed":
+                bar.write(f"x2ct: case {case.case_id} failed: {results[-1].message}", file=sys.stderr)
+            if not ctx.distributed:
+                _write_batch_summary(out, results)
+        by_id: Dict[str, CaseResult] = {r.case_id: r for part in gather(results, ctx) for r in part}
+        merged = [by_id[case.case_id] for case in cases]
+        if ctx.distributed and ctx.is_main:
+            _write_batch_summary(out, merged)
+    return BatchReport(merged, out / BATCH_SUMMARY, ctx.rank)
