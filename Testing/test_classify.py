@@ -161,7 +161,7 @@ def generator(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = X2CTSingleView(GeneratorConfig(grid_size=64, width=0.0625))
     folder = tmp_path_factory.mktemp("generator") / "gen"
-    save_generator(net, folder, input_spec={"range": [0.0, 1.0], "size": 64})
+    save_generator(net, folder)
     return folder
 
 
@@ -339,9 +339,7 @@ def test_synthesize_ct_writes_the_canonical_grid_and_resumes(data, generator, sy
 def test_synthesize_ct_refuses_other_weights(data, generator, synthetic, tmp_path):
     other = tmp_path / "other"
     torch.manual_seed(1)
-    save_generator(
-        X2CTSingleView(GeneratorConfig(grid_size=64, width=0.0625)), other, input_spec={"range": [0.0, 1.0], "size": 64}
-    )
+    save_generator(X2CTSingleView(GeneratorConfig(grid_size=64, width=0.0625)), other)
     code, _, stderr = run_cli("synthesize-ct", "--model", other, "--data", data, "-o", synthetic, "--device", "cpu")
     assert code == 2 and "holds synthetic CTs of model 'gen'" in one_error_line(stderr)
 
@@ -379,7 +377,8 @@ def test_resume_after_interruption_gives_the_same_model(data, labels, straight_r
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     meta_a = json.loads((straight_run / "model" / "model.json").read_text())
     meta_b = json.loads((run / "model" / "model.json").read_text())
-    assert meta_a["thresholds"] == meta_b["thresholds"] and meta_a["sha256"] == meta_b["sha256"]
+    assert meta_a["task"]["thresholds"] == meta_b["task"]["thresholds"]
+    assert meta_a["weights"]["sha256"] == meta_b["weights"]["sha256"]
     assert (run / "scalars.csv").read_text() == (straight_run / "scalars.csv").read_text()
     assert json.loads((run / "history.json").read_text()) == json.loads((straight_run / "history.json").read_text())
 
@@ -391,9 +390,13 @@ def test_changed_settings_do_not_resume(data, labels, straight_run):
 
 def test_model_metadata(straight_run):
     meta = json.loads((straight_run / "model" / "model.json").read_text())
-    assert meta["format"] == "x2ct-classifier" and meta["task"] == "tb" and meta["outputs"] == ["tb_present"]
-    assert meta["inputs"] == ["pa"] and meta["input_sizes"] == {"pa": 32}
-    assert meta["classifier_config"]["arch"] == "densenet2d" and meta["classifier_config"]["block_config"] == [1, 1]
+    assert (meta["schema"], meta["kind"], meta["task"]["name"]) == ("x2ct-model", "classifier", "tb")
+    assert meta["task"]["outputs"] == ["tb_present"] and set(meta["task"]["thresholds"]) == {"tb_present"}
+    pa = meta["network_data_format"]["inputs"]["pa"]
+    assert list(meta["network_data_format"]["inputs"]) == ["pa"] and pa["spatial_shape"] == [32, 32]
+    assert meta["network_data_format"]["outputs"]["logits"]["channel_def"] == {"0": "tb_present"}
+    config = meta["network"]["config"]
+    assert meta["network"]["architecture"] == config["arch"] == "densenet2d" and config["block_config"] == [1, 1]
     assert meta["training"]["pos_weight"] == {"tb_present": 1.0}  # 2 positives, 2 negatives
     assert meta["training_data"]["cases"] == {"train": 4, "val": 4}
     history = json.loads((straight_run / "history.json").read_text())
@@ -406,9 +409,9 @@ def test_model_files_are_verified_and_carry_one_header_key(straight_run, tmp_pat
     shutil.copytree(straight_run / "model", model)
     with safe_open(str(model / "model.safetensors"), framework="pt") as fh:
         header = fh.metadata()
-    assert list(header) == ["x2ct"] and json.loads(header["x2ct"])["format"] == "x2ct-classifier"
+    assert list(header) == ["x2ct"] and json.loads(header["x2ct"])["kind"] == "classifier"
     net, meta = load_classifier(model)
-    assert meta["weights_path"] == str(model / "model.safetensors") and not net.training
+    assert meta.path == str(model) and meta.weights_file == "model.safetensors" and not net.training
     data = bytearray((model / "model.safetensors").read_bytes())
     data[-5] ^= 0xFF
     (model / "model.safetensors").write_bytes(bytes(data))
@@ -448,7 +451,7 @@ def test_evaluate_schema_and_frozen_thresholds(data, labels, straight_run, tmp_p
     assert all({"value", "ci_low", "ci_high", "successes", "n"} <= set(m) for m in record["metrics"].values())
     assert record["counts"]["n_pos"] == 2 and record["counts"]["n_neg"] == 2
     # the threshold is Youden's J on the validation predictions, frozen in the model, used as is on test
-    frozen = json.loads((straight_run / "model" / "model.json").read_text())["thresholds"]["tb_present"]
+    frozen = json.loads((straight_run / "model" / "model.json").read_text())["task"]["thresholds"]["tb_present"]
     val_rows = read_csv(val_eval / "predictions.csv")
     y_val = np.array([int(r["tb_present_label"]) for r in val_rows])
     p_val = np.array([float(r["tb_present_probability"]) for r in val_rows])
@@ -461,7 +464,7 @@ def test_evaluate_uses_the_threshold_in_the_model_not_one_from_test(data, labels
     model = tmp_path / "model"
     shutil.copytree(straight_run / "model", model)
     meta = json.loads((model / "model.json").read_text())
-    meta["thresholds"]["tb_present"] = 0.123
+    meta["task"]["thresholds"]["tb_present"] = 0.123
     (model / "model.json").write_text(json.dumps(meta))
     code, _, stderr = run_cli(*evaluate_args(model, data, labels, tmp_path / "eval"))
     assert code == 0, stderr

@@ -192,7 +192,7 @@ def test_classifier_resumed_under_torchrun_ends_as_an_uninterrupted_run(tmp_path
     model = "model/model.safetensors"
     assert (resumed / model).read_bytes() == (straight / model).read_bytes()
     meta = json.loads((resumed / "model" / "model.json").read_text())
-    assert meta["thresholds"] == json.loads((straight / "model" / "model.json").read_text())["thresholds"]
+    assert meta["task"] == json.loads((straight / "model" / "model.json").read_text())["task"]
     assert (meta["training"]["world_size"], meta["training"]["global_batch"]) == (2, 4)
 
 

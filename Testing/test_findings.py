@@ -34,6 +34,7 @@ from x2ct.inference.findings import guided_peak
 from x2ct.inference.preprocess import preprocess
 from x2ct.io import read_radiograph
 from x2ct.models.classifiers import build_classifier
+from x2ct.models.metadata import TaskSpec
 from x2ct.resources import RESOURCES_ENV
 from x2ct.views import CT_KEY, PA, PA_KEY
 
@@ -52,11 +53,8 @@ def save_tiny_classifier(folder: Path, arch: str, task: str, outputs: Dict[str, 
     save_classifier(
         net,
         folder,
-        task=task,
-        outputs=list(outputs),
-        inputs=list(net.inputs),
-        input_sizes=sizes,
-        thresholds=outputs,
+        task=TaskSpec(task, tuple(outputs), dict(outputs)),
+        input_sizes={key: sizes[key] for key in net.inputs},
         training_data={"ct_source": {"kind": "synthetic", "generator": {"model": "x2ct-demo-biplanar"}}},
     )
 

@@ -103,7 +103,7 @@ def test_synthesize_ct_shards_batches_across_two_processes(tmp_path: Path):
     x2ct([*build, "--drr-size", "32", str(data)], 1, {})
     torch.manual_seed(0)
     generator = tmp_path / "gen"
-    save_generator(X2CTSingleView(GeneratorConfig(grid_size=64, width=1 / 16)), generator, input_spec={"size": 64})
+    save_generator(X2CTSingleView(GeneratorConfig(grid_size=64, width=1 / 16)), generator)
     command = ["synthesize-ct", "--model", str(generator), "--data", str(data), "--batch-size", "2", "--device", "cpu"]
     x2ct([*command, "-o", str(tmp_path / "single")], 1, {})
     sharded = x2ct([*command, "-o", str(tmp_path / "sharded")], 2, {})

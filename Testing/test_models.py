@@ -141,8 +141,9 @@ def test_official_pth_loads_through_load_generator(tmp_path: Path) -> None:
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], state[k]) for k in manifest)
-    assert model.metadata["architecture"] == "x2ct_gan_singleview"
-    assert model.metadata["grid_size"] == 128 and len(model.metadata["sha256"]) == 64
+    assert model.metadata.architecture == "x2ct_gan_singleview" and model.metadata.kind == "generator"
+    assert model.metadata.input_size("pa") == 128 and len(model.metadata.sha256) == 64
+    assert model.metadata.outputs["ct"].spatial_shape == (128, 128, 128)
 
 
 def test_biplanar_inferred_from_keys(tmp_path: Path) -> None:
@@ -222,9 +223,16 @@ def test_conversion_round_trips_and_sha256_is_checked(tmp_path: Path) -> None:
     src = save_official(official.state_dict(), tmp_path / "tiny_net_G.pth")
     meta_path = convert_checkpoint(src, tmp_path / "tiny.safetensors", metrics={"note": "untrained"})
     metadata = json.loads(meta_path.read_text())
-    assert metadata["architecture"] == "x2ct_gan_biplanar"
-    assert metadata["hyperparameters"] == {"grid_size": 64, "width": 0.125, "dropout": 0.5}
-    assert metadata["metrics"] == {"note": "untrained"} and metadata["intensity"]["unit_range"] == 2500.0
+    assert (metadata["schema"], metadata["schema_version"], metadata["kind"]) == ("x2ct-model", 2, "generator")
+    assert metadata["network"] == {
+        "architecture": "x2ct_gan_biplanar",
+        "config": {"grid_size": 64, "width": 0.125, "dropout": 0.5},
+    }
+    assert metadata["metrics"] == {"note": "untrained"}
+    formats = metadata["network_data_format"]
+    assert set(formats["inputs"]) == {"pa", "lateral"} and formats["inputs"]["lateral"]["view"] == "LATERAL"
+    assert formats["outputs"]["ct"]["preprocessing"] == {"hu_offset": 1024.0, "unit_range": 2500.0}
+    assert formats["outputs"]["ct"]["spatial_shape"] == [64, 64, 64]
     folder_meta = convert_checkpoint(tmp_path / "tiny.safetensors", tmp_path / "tiny_folder")
     assert folder_meta == tmp_path / "tiny_folder" / "model.json"
 
@@ -254,17 +262,19 @@ def test_saving_is_byte_reproducible(tmp_path: Path) -> None:
     for i in range(8):  # the old two-key header came out in either order: 8 saves all agreeing by luck is 1/128
         order = first if i % 2 == 0 else second
         extra = {"b": 1, "a": 2} if i % 2 else {"a": 2, "b": 1}
-        meta_path = save_generator(model, tmp_path / str(i) / "tiny.safetensors", metrics=order, extra=extra)
+        meta_path = save_generator(model, tmp_path / str(i) / "tiny.safetensors", metrics=order, training=extra)
         weights = meta_path.with_suffix(".safetensors")
-        saved.append((weights.read_bytes(), meta_path.read_text(), json.loads(meta_path.read_text())["sha256"]))
+        sha256 = json.loads(meta_path.read_text())["weights"]["sha256"]
+        saved.append((weights.read_bytes(), meta_path.read_text(), sha256))
         with safe_open(str(weights), framework="pt") as fh:
             header = fh.metadata()
         assert list(header) == [HEADER_KEY]
         assert json.loads(header[HEADER_KEY]) == {
-            "format": "x2ct-generator",
-            "format_version": 1,
+            "schema": "x2ct-model",
+            "schema_version": 2,
+            "kind": "generator",
             "architecture": "x2ct_gan_singleview",
-            "hyperparameters": {"grid_size": 64, "width": 0.125, "dropout": 0.5},
+            "config": {"grid_size": 64, "width": 0.125, "dropout": 0.5},
         }
     assert all(item == saved[0] for item in saved[1:])
     assert saved[0][2] == hashlib.sha256(saved[0][0]).hexdigest()
@@ -277,7 +287,8 @@ def test_files_with_the_old_two_key_header_still_load(tmp_path: Path) -> None:
     old_weights = tmp_path / "new" / "model.safetensors"
     save_file(model.state_dict(), str(old_weights), metadata={"format": "x2ct-generator", "architecture": "x"})
     metadata = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps(dict(metadata, sha256=hashlib.sha256(old_weights.read_bytes()).hexdigest())))
+    metadata["weights"]["sha256"] = hashlib.sha256(old_weights.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(metadata))
     loaded = load_generator(tmp_path / "new")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
@@ -287,7 +298,8 @@ def test_bundled_models_keep_loading(name: str) -> None:
     """The shipped files load with their recorded sha256 verified (they were saved with the old header)."""
     model = load_generator(name)
     weights = models_dir() / name / "model.safetensors"
-    assert model.metadata["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert model.metadata.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert model.metadata.name == name and model.metadata.version and model.metadata.changelog
 
 
 def test_bundled_model_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +311,7 @@ def test_bundled_model_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     src = save_official(X2CTSingleView(TINY).state_dict(), tmp_path / "s.pth")
     convert_checkpoint(src, resources / "Models" / "demo_singleview")
     model = load_generator("demo_singleview")
-    assert isinstance(model, X2CTSingleView) and model.metadata["name"] == "demo_singleview"
+    assert isinstance(model, X2CTSingleView) and model.metadata.name == "demo_singleview"
     with pytest.raises(InputError, match="available: demo_singleview"):
         load_generator("demo_biplanar")
 

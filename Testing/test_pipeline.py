@@ -24,7 +24,8 @@ from x2ct.inference.models import input_spec_from_metadata
 from x2ct.inference.preprocess import match_intensity, preprocess
 from x2ct.intensity import hu_to_unit
 from x2ct.io import read_ct, read_radiograph
-from x2ct.models.checkpoints import resolve_device
+from x2ct.models import GeneratorConfig, X2CTSingleView
+from x2ct.models.checkpoints import describe_generator, resolve_device
 from x2ct.resources import resources_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,11 +67,13 @@ def real_ct_canonical(sample_ct_path: Path, sample_labels_path: Path) -> Dict[st
 
 def test_input_spec_comes_from_the_model_metadata():
     geometry = {"sad_mm": 500.0, "sid_mm": 1000.0, "detector_mm": 400.0, "drr_size": 96}
-    spec = input_spec_from_metadata({"input": {"size": 64, "drr_geometry": geometry}}, 64)
-    assert spec.fov_mm == pytest.approx(200.0) and spec.drr_size == 96 and spec.quantize_bits == 8
-    official = input_spec_from_metadata({"input": {"range": [0.0, 1.0], "size": 128}}, 128)
+    model = X2CTSingleView(GeneratorConfig(grid_size=64, width=1 / 16))
+    spec = input_spec_from_metadata(describe_generator(model, drr_geometry=geometry))
+    assert spec.size == 64 and spec.fov_mm == pytest.approx(200.0) and spec.drr_size == 96 and spec.quantize_bits == 8
+    official_size = X2CTSingleView(GeneratorConfig(grid_size=128, width=1 / 16))
+    official = input_spec_from_metadata(describe_generator(official_size))
     assert official.fov_mm == pytest.approx(285.04, abs=0.01) and official.drr_size == 128
-    assert input_spec_from_metadata({"input": {"quantize_bits": None}}, 64).quantize_bits is None
+    assert input_spec_from_metadata(describe_generator(model, quantize_bits=None)).quantize_bits is None
 
 
 def test_intensity_matching_is_min_max_then_8_bit():

@@ -239,7 +239,7 @@ def test_resume_after_interruption_is_bit_identical(dataset, straight_run, tmp_p
     assert len(ra) == len(rb) == 1 and torch.equal(ra[0]["torch"], rb[0]["torch"])
     assert (run / "scalars.csv").read_text() == (straight_run / "scalars.csv").read_text()  # every loss, every step
     meta_b = json.loads((run / "model" / "model.json").read_text())
-    assert meta_b["sha256"] == sha256(run / "model" / "model.safetensors")
+    assert meta_b["weights"]["sha256"] == sha256(run / "model" / "model.safetensors")
     # the exported weights file is the same, byte for byte, and holds the final G
     exported = run / "model" / "model.safetensors"
     assert exported.read_bytes() == (straight_run / "model" / "model.safetensors").read_bytes()
@@ -255,9 +255,16 @@ def test_run_folder_and_model_metadata(straight_run):
     lrs = {int(r["step"]): float(r["value"]) for r in rows if r["tag"] == "lr"}
     assert lrs == {1: 2e-4, 2: 2e-4, 3: 1e-4, 4: 1e-4}  # 1 constant + 1 decay epoch: factor 1 - 1/2
     meta = json.loads((straight_run / "model" / "model.json").read_text())
-    assert meta["architecture"] == "x2ct_gan_biplanar" and meta["grid_size"] == 64
-    assert meta["input"]["range"] == [0.0, 1.0] and "min-max" in meta["input"]["normalization"]
+    assert meta["network"]["architecture"] == "x2ct_gan_biplanar" and meta["network"]["config"]["grid_size"] == 64
+    pa = meta["network_data_format"]["inputs"]["pa"]
+    assert pa["value_range"] == [0.0, 1.0] and pa["spatial_shape"] == [64, 64]
+    assert pa["preprocessing"] == {
+        "normalization": "per_image_minmax",
+        "quantize_bits": 8,
+        "drr_geometry": {"sad_mm": 541.0, "sid_mm": 949.0, "detector_mm": 500.0, "drr_size": 64},
+    }
     assert meta["training_data"]["build"]["synthetic_seed"] == 7 and meta["training"]["steps"] == 4
+    assert (meta["training"]["world_size"], meta["training"]["global_batch"]) == (1, 2)
 
 
 def test_changed_settings_do_not_resume(dataset, straight_run):
@@ -374,7 +381,8 @@ def test_evaluate_writes_the_protocol_columns(dataset, straight_run, tmp_path, o
     assert summary["protocol"]["version"] == PROTOCOL_VERSION and summary["n_cases"] == 3
     assert set(summary["metrics"]) == set(METRIC_NAMES)
     assert summary["model"]["architecture"] == "x2ct_gan_biplanar" and summary["data"]["split"] == "train"
-    assert summary["model"]["sha256"] == json.loads((straight_run / "model" / "model.json").read_text())["sha256"]
+    recorded = json.loads((straight_run / "model" / "model.json").read_text())["weights"]["sha256"]
+    assert summary["model"]["sha256"] == recorded
     # a training checkpoint (or its run folder) evaluates the same weights
     code, _, stderr = run_cli(
         "evaluate-generator",

@@ -17,8 +17,12 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
+
+from x2ct.classify.tasks import get_task
+from x2ct.models.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Classifiers"
@@ -50,7 +54,7 @@ def _ci(record: Dict[str, Any]) -> str:
     return f"{record['value']:.2f} [{record['ci_low']:.2f}, {record['ci_high']:.2f}]"
 
 
-def model_card(name: str, task: str, meta: Dict[str, Any], metrics: Dict[str, Any]) -> str:
+def model_card(name: str, task: str, meta: ModelMetadata, metrics: Dict[str, Any]) -> str:
     """The MODEL_CARD.md text of one bundled classifier."""
     rows = []
     for output, record in metrics["outputs"].items():
@@ -60,11 +64,11 @@ def model_card(name: str, task: str, meta: Dict[str, Any], metrics: Dict[str, An
             f"| {output} | {_ci(record['auc'])} | {record['threshold']:.3f} | {_ci(m['accuracy'])} | "
             f"{_ci(m['sensitivity'])} | {_ci(m['specificity'])} | {counts['n']} ({counts['n_pos']}) |"
         )
-    data = meta.get("training_data", {})
-    width = meta["classifier_config"].get("width")
-    sizes = meta["input_sizes"]
-    outputs = ", ".join(f"`{o}`" for o in meta["outputs"])
-    thresholds = ", ".join(f"`{k}` {v:.3f}" for k, v in meta["thresholds"].items())
+    data = meta.training_data or {}
+    width = meta.network_config.get("width")
+    sizes = {key: meta.input_size(key) for key in meta.input_keys}
+    outputs = ", ".join(f"`{o}`" for o in meta.task.outputs)
+    thresholds = ", ".join(f"`{k}` {v:.3f}" for k, v in meta.thresholds().items())
     return f"""# Model card: {name}
 
 **A demonstration classifier, not a clinical one. It was trained and tested on SYNTHETIC cases of one
@@ -72,14 +76,14 @@ CT. Research use only; not for diagnosis.**
 
 | | |
 |---|---|
-| task | `{task}`: {meta.get("task_description", "")} |
-| architecture | `{meta["arch"]}`: the seed's input concatenation, the PA radiograph stacked with the two central \
-coronal slices of the synthetic CT, through the Zunair 3D CNN at width ×{width}; {meta["parameters"]:,} parameters |
+| task | `{task}`: {get_task(task).description} |
+| architecture | `{meta.architecture}`: the seed's input concatenation, the PA radiograph stacked with the two central \
+coronal slices of the synthetic CT, through the Zunair 3D CNN at width ×{width}; {meta.parameters:,} parameters |
 | inputs | `pa`: the PA radiograph as the generator's preprocessing gives it ({sizes.get("pa")} px, [0, 1]); \
 `ct`: the synthetic CT of `x2ct-demo-biplanar` ({sizes.get("ct")}³, unit scale (HU + 1024) / 2500) |
 | outputs | {outputs} (sigmoid probabilities) |
 | thresholds | {thresholds}: Youden's J on the validation split, frozen |
-| weights | `model.safetensors`, sha256 `{meta["sha256"]}` (checked on every load) |
+| weights | `model.safetensors`, sha256 `{meta.sha256}` (checked on every load) |
 
 ## Data
 
@@ -92,7 +96,7 @@ painted, not acquired. The classifier cannot be expected to work on real radiogr
 
 ## Training
 
-`x2ct train-classifier --task {task} --arch {meta["arch"]} --ct-source WORK/ct_B` with the settings of
+`x2ct train-classifier --task {task} --arch {meta.architecture} --ct-source WORK/ct_B` with the settings of
 `docs/reproduce_seed_table.py` (20 epochs, Adam 1e-3, batch 16, BCE with class weights, rotation
 augmentation; the epoch with the best validation AUC kept). Full settings: `model.json` → `training`.
 
@@ -126,11 +130,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target)
-        meta = json.loads((target / "model.json").read_text(encoding="utf-8"))
-        meta = _scrub(meta, work)
-        meta["name"] = name
-        meta["test_metrics"] = _scrub({k: metrics[k] for k in ("outputs", "split", "n_cases") if k in metrics}, work)
-        (target / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        document = _scrub(json.loads((target / "model.json").read_text(encoding="utf-8")), work)
+        test = _scrub({k: metrics[k] for k in ("outputs", "split", "n_cases") if k in metrics}, work)
+        meta = replace(ModelMetadata.from_dict(document), name=name, metrics=dict(document["metrics"], test=test))
+        text = json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
+        (target / "model.json").write_text(text, encoding="utf-8")
         (target / "MODEL_CARD.md").write_text(model_card(name, task, meta, metrics), encoding="utf-8")
         print(f"bundled {name} from {source}")
     return 0

@@ -108,6 +108,19 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_model(args: argparse.Namespace) -> int:
+    from .models.metadata import migrate_file
+
+    for path in args.models:
+        result = migrate_file(Path(path))
+        if not result.migrated:
+            print(f"{result.metadata}: already metadata schema 2")
+            continue
+        note = f"; its prose moved to {result.card}" if result.card else ""
+        print(f"{result.metadata}: rewritten as metadata schema 2 (weights untouched){note}")
+    return 0
+
+
 def cmd_drr(args: argparse.Namespace) -> int:
     from .drr import write_drrs
     from .io import read_ct
@@ -384,6 +397,17 @@ def add_convert_checkpoint(sub: Commands) -> None:
     p.set_defaults(func=cmd_convert_checkpoint)
 
 
+def add_migrate_model(sub: Commands) -> None:
+    p = sub.add_parser(
+        "migrate-model",
+        help="rewrite a model's schema-1 model.json as metadata schema 2 (weights untouched)",
+        description="x2ct reads both metadata schemas; this rewrites the old one in place, moving its prose "
+        "fields (descriptions, rules in words) into the model card. Models already on schema 2 are left alone.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model folder, or its .json / .safetensors")
+    p.set_defaults(func=cmd_migrate_model)
+
+
 def add_drr(sub: Commands) -> None:
     p = sub.add_parser(
         "drr",
@@ -590,6 +614,7 @@ COMMANDS: Sequence[Callable[[Commands], None]] = (
     add_info,
     add_convert,
     add_convert_checkpoint,
+    add_migrate_model,
     add_drr,
     add_build_dataset,
     add_predict,

@@ -35,6 +35,7 @@ from ..data.loader import REAL_CT, CaseLesions, collate, read_lesions
 from ..errors import InputError, MissingExtraError, PathLike
 from ..models.checkpoints import resolve_device
 from ..models.classifiers import ClassifierNet
+from ..models.metadata import ModelMetadata
 from ..views import CT_KEY, LATERAL_KEY, PA_KEY, view_of_key
 from .data import ClassifierDataset
 from .tasks import Task, get_task
@@ -237,11 +238,12 @@ def cam_hit_rates(
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def _resolve_ct_source(metadata: Dict[str, Any], given: Optional[str]) -> str:
+def _resolve_ct_source(metadata: ModelMetadata, given: Optional[str]) -> str:
     """The CT source: as given, else the one the model was trained with (real, or its synthetic folder)."""
     if given is not None:
         return given
-    source = (metadata.get("training_data") or {}).get("ct_source") or {"kind": "real"}
+    data = metadata.training_data if isinstance(metadata.training_data, dict) else {}
+    source = data.get("ct_source") or {"kind": "real"}
     if source.get("kind") == "real":
         return REAL_CT
     folder = source.get("folder")
@@ -381,7 +383,7 @@ def evaluate_classifier(
     InputError raised before anything is written.
     """
     from ..evaluate.classifier_stats import roc_png
-    from .checkpoint import load_classifier, thresholds_of
+    from .checkpoint import load_classifier
 
     require_eval_extra("evaluate-classifier")
     out = Path(os.fspath(out))
@@ -390,9 +392,9 @@ def evaluate_classifier(
         raise InputError(compare, "--compare must name another evaluation folder than -o")
     device = resolve_device(device)
     net, metadata = load_classifier(model, device)
-    task = get_task(str(metadata.get("task")))
-    inputs = tuple(metadata["inputs"])
-    sizes = metadata.get("input_sizes", {})
+    task = get_task(metadata.task.name if metadata.task else "")
+    inputs = metadata.input_keys
+    sizes = {key: metadata.input_size(key) for key in inputs}
     source = _resolve_ct_source(metadata, ct_source) if CT_KEY in inputs else REAL_CT
     dataset = ClassifierDataset(
         data,
@@ -405,7 +407,7 @@ def evaluate_classifier(
         size_ct=int(sizes.get(CT_KEY, 128)),
         cache=False,
     )
-    thresholds = thresholds_of(metadata, task.columns)
+    thresholds = metadata.thresholds()
     other = read_evaluation(compare, task) if compare is not None else None
 
     logits = predict_logits(net, dataset, inputs, device, batch_size, progress)
@@ -419,9 +421,9 @@ def evaluate_classifier(
             c: _output_metrics(targets[:, k], probabilities[:, k], thresholds[c]) for k, c in enumerate(task.columns)
         },
         "model": {
-            "path": metadata["path"],
-            "arch": metadata.get("arch"),
-            "sha256": metadata.get("sha256"),
+            "path": metadata.path,
+            "arch": metadata.architecture,
+            "sha256": metadata.sha256,
             "inputs": list(inputs),
             "input_sizes": sizes,
         },
@@ -454,7 +456,7 @@ def evaluate_classifier(
     }
     with atomic_dir(out) as tmp:
         if curves:
-            title = f"{task.name} ({metadata.get('arch')}) on the {split} split, {len(dataset)} cases"
+            title = f"{task.name} ({metadata.architecture}) on the {split} split, {len(dataset)} cases"
             roc_png(curves, tmp / ROC, title)
             document["files"]["roc"] = ROC
         (tmp / PREDICTIONS).write_text(buffer.getvalue(), encoding="utf-8")

@@ -39,6 +39,7 @@ from ..atomic import sha256_file
 from ..data.loader import REAL_CT, case_attributes, collate, read_manifest
 from ..errors import InputError
 from ..models.classifiers import ClassifierNet, build_classifier
+from ..models.metadata import TaskSpec
 from ..train.engine import (
     Log,
     RunRecord,
@@ -287,36 +288,17 @@ class ClassifierTrainer(Trainer):
         """The selected weights with their frozen thresholds into ``RUN/model`` (x2ct.classify.checkpoint)."""
         config = self.config
         validation = self._freeze_thresholds()
-        metadata = {
-            "task": self.task.name,
-            "task_description": self.task.description,
-            "outputs": list(self.task.columns),
-            "inputs": list(self.inputs),
+        training = {
+            "config": config.to_dict(),
+            **run.to_dict(),
+            "pos_weight": {c: float(w) for c, w in zip(self.task.columns, self.pos_weight)},
+        }
+        metadata: Dict[str, Any] = {
+            "task": TaskSpec(self.task.name, tuple(self.task.columns), dict(self.thresholds)),
             "input_sizes": {k: config.size_ct if k == CT_KEY else config.size_xray for k in self.inputs},
-            "thresholds": dict(self.thresholds),
-            "threshold_rule": "Youden's J on the validation split at the selected epoch (calls: probability >= "
-            "threshold), frozen for test and inference",
-            "probability": "sigmoid of the logit, per output (multi-label)",
             "training_data": _data_summary(config, self.labels, self.train_set, self.val_set, self.inputs),
-            "metrics": {
-                "validation": validation,
-                "selected_epoch": run.best_epoch,
-                "selection": "mean validation AUC over the outputs, ties to the lower validation loss",
-            },
-            "training": {
-                "config": config.to_dict(),
-                **run.to_dict(),
-                "loss": "BCE with logits, pos_weight = negatives / positives per output in the training split"
-                if config.class_weights
-                else "BCE with logits",
-                "pos_weight": {c: float(w) for c, w in zip(self.task.columns, self.pos_weight)},
-                "optimizer": f"Adam lr {config.lr} betas ({config.beta1}, {config.beta2}) weight decay "
-                f"{config.weight_decay}; {config.epochs} epochs, batch {config.batch_size} per process",
-                "augmentation": f"random rotation, uniform in +-{config.rotation_degrees} degrees (PA and coronal "
-                "CT planes together)"
-                if config.augment and config.rotation_degrees > 0
-                else "none",
-            },
+            "metrics": {"validation": validation, "selected_epoch": run.best_epoch},
+            "training": training,
         }
         target = Path(config.out) / "model"
         save_classifier(copy.deepcopy(self.net_raw).to("cpu"), target, **metadata)

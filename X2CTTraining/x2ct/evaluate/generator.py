@@ -92,12 +92,12 @@ def evaluate_generator(
         rows.append(case_metrics(batch.case_ids[0], pred_hu, gt_hu))
     csv_path, json_path = write_metrics(rows, out)
     document = json.loads(json_path.read_text(encoding="utf-8"))
-    meta = dict(getattr(net, "metadata", {}) or {})
+    metadata = getattr(net, "metadata", None)
     document["model"] = {
         "name": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
         "architecture": getattr(net, "architecture", type(net).__name__),
         "grid_size": _grid(net),
-        "sha256": meta.get("sha256"),
+        "sha256": getattr(metadata, "sha256", None),
     }
     folder = str(Path(os.fspath(data)).resolve())
     document["data"] = {"folder": folder, "split": split, "cases": dataset.case_ids[:count]}

@@ -33,7 +33,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..classify.checkpoint import thresholds_of
 from ..classify.tasks import get_task
 from ..data.loader import ct_to_unit
 from ..errors import InputError
@@ -72,19 +71,18 @@ def classifier_batch(
     prediction: Prediction, classifier: LoadedClassifier, device: torch.device
 ) -> Dict[str, torch.Tensor]:
     """The batch of one case for ``classifier`` from ``prediction`` (module doc); InputError for a missing view."""
-    sizes = classifier.metadata.get("input_sizes", {})
     batch: Dict[str, torch.Tensor] = {}
     for key in classifier.inputs:
+        size = classifier.metadata.input_size(key)
         if key == CT_KEY:
             hu = sitk.GetArrayFromImage(prediction.image()).astype(np.float32)  # as synthetic_ct.nrrd holds it
-            unit = ct_to_unit(hu + np.float32(HU_OFFSET), int(sizes.get(CT_KEY, hu.shape[0])))
+            unit = ct_to_unit(hu + np.float32(HU_OFFSET), size)
             batch[CT_KEY] = torch.from_numpy(unit)[None, None]
             continue
         view = view_of_key(key)
         if view not in prediction.views:
             raise InputError(None, f"classifier {classifier.name} needs a {INPUT_WORDS[key]}, which this case lacks")
         model_input = prediction.views[view].model_input
-        size = int(sizes.get(key, model_input.shape[0]))
         batch[key] = torch.from_numpy(resample(model_input, (size, size)))[None, None]
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -121,7 +119,7 @@ def guided_peak(key: str, guided: np.ndarray, prediction: Prediction) -> Optiona
 
 def _notes(classifier: LoadedClassifier, prediction: Prediction, output: str) -> List[str]:
     notes = []
-    task = get_task(str(classifier.metadata["task"]))
+    task = get_task(classifier.task.name)
     if task.only_if and task.only_if != output:
         notes.append(f"applies only when {OUTPUT_WORDS.get(task.only_if, task.only_if)} (trained on such cases only)")
     source = classifier.ct_source
@@ -143,21 +141,21 @@ def run_classifiers(prediction: Prediction, classifiers: Sequence[LoadedClassifi
         batch = classifier_batch(prediction, classifier, device)
         with torch.inference_mode():
             logits = classifier.net(batch)[0].float().cpu().numpy()
-        thresholds = thresholds_of(classifier.metadata)
+        thresholds = classifier.metadata.thresholds()
         for index, output in enumerate(classifier.outputs):
             coarse, fine = grad_cam_and_guided(classifier.net, batch, index)
             probability = 1.0 / (1.0 + math.exp(-float(logits[index])))
             threshold = thresholds[output]
             findings.append(
                 Finding(
-                    task=str(classifier.metadata["task"]),
+                    task=classifier.task.name,
                     output=output,
                     label=OUTPUT_WORDS.get(output, output),
                     probability=round(probability, 4),
                     threshold=round(threshold, 4),
                     call="positive" if probability >= threshold else "negative",
                     model=classifier.name,
-                    weights_sha256=classifier.metadata.get("sha256"),
+                    weights_sha256=classifier.metadata.sha256,
                     inputs=[INPUT_WORDS[key] for key in classifier.inputs],
                     ct_source=classifier.ct_source,
                     notes=_notes(classifier, prediction, output),

@@ -8,18 +8,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ..classify.checkpoint import load_classifier
-from ..drr import DRRGeometry
+from ..drr_geometry import DRRGeometry
 from ..errors import InputError, PathLike
 from ..models.checkpoints import bundled_model_names, load_generator, models_dir, resolve_device
+from ..models.metadata import METADATA_FILE, ModelMetadata, read_document
 from ..resources import bundled_names, resources_dir
-from ..views import LATERAL, LATERAL_KEY
+from ..views import LATERAL, LATERAL_KEY, PA_KEY
 from .types import InputSpec, LoadedClassifier, LoadedModel
 
 DEFAULT_BIPLANAR = "x2ct-demo-biplanar"
@@ -35,24 +35,20 @@ CLASSIFIERS_FOLDER = "Classifiers"
 # Generators
 
 
-def input_spec_from_metadata(metadata: Mapping[str, Any], grid_size: int) -> InputSpec:
-    """The :class:`InputSpec` of a model from its metadata (model.json), official defaults where absent.
-
-    Read from ``metadata["input"]`` (the ``input_spec`` that x2ct's trainer passes to
-    ``x2ct.models.checkpoints.save_generator``): ``size`` (pixels), ``drr_geometry`` =
-    {"sad_mm", "sid_mm", "detector_mm", "drr_size"} of the training DRRs, and ``quantize_bits``
-    (8 for uint8 training DRRs, the default; null for float ones). Official weights carry none of
-    these and get the official geometry, 8 bits and ``drr_size`` = ``size``.
-    """
-    spec = dict(metadata.get("input") or {})
-    geo = {k: v for k, v in dict(spec.get("drr_geometry") or {}).items() if v is not None}
+def input_spec_from_metadata(metadata: ModelMetadata) -> InputSpec:
+    """The :class:`InputSpec` of a generator from its metadata: the PA input's size, and the DRR geometry
+    ({"sad_mm", "sid_mm", "detector_mm", "drr_size"}) and ``quantize_bits`` of its training radiographs
+    (``network_data_format.inputs.pa.preprocessing``). A model that records no geometry (official
+    weights) gets the official one, 8 bits and ``drr_size`` = its input size."""
+    size = metadata.input_size(PA_KEY)
+    preprocessing = metadata.inputs[PA_KEY].preprocessing
+    geo = {k: v for k, v in dict(preprocessing.get("drr_geometry") or {}).items() if v is not None}
     geometry = DRRGeometry(
         sad_mm=float(geo.get("sad_mm", DRRGeometry.sad_mm)),
         sid_mm=float(geo.get("sid_mm", DRRGeometry.sid_mm)),
         detector_mm=float(geo.get("detector_mm", DRRGeometry.detector_mm)),
     )
-    bits = spec.get("quantize_bits", 8)
-    size = int(spec.get("size", grid_size))
+    bits = preprocessing.get("quantize_bits", 8)
     return InputSpec(
         size=size,
         geometry=geometry,
@@ -61,11 +57,12 @@ def input_spec_from_metadata(metadata: Mapping[str, Any], grid_size: int) -> Inp
     )
 
 
-def _bundled_metadata(name: str) -> Optional[Dict[str, Any]]:
-    """model.json of the bundled model called ``name`` (Resources/Models/<name>/), or None when there is none."""
+def _bundled_metadata(name: str) -> Optional[ModelMetadata]:
+    """The metadata of the bundled model called ``name`` (Resources/Models/<name>/), or None when there is none."""
     if name not in bundled_model_names():
         return None
-    return json.loads((models_dir() / name / "model.json").read_text(encoding="utf-8"))
+    path = models_dir() / name / METADATA_FILE
+    return ModelMetadata.from_dict(read_document(path), str(path))
 
 
 def select_model(model: Optional[str], have_lateral: bool) -> str:
@@ -77,7 +74,7 @@ def select_model(model: Optional[str], have_lateral: bool) -> str:
     if model is None:
         return DEFAULT_BIPLANAR if have_lateral else DEFAULT_SINGLEVIEW
     metadata = _bundled_metadata(model)
-    if not have_lateral and metadata is not None and LATERAL in metadata.get("views", ()):
+    if not have_lateral and metadata is not None and LATERAL in metadata.views:
         sibling = model.replace("biplanar", "singleview")
         if sibling != model and _bundled_metadata(sibling) is not None:
             return sibling
@@ -94,15 +91,15 @@ def load_model(name_or_path: str, device: Union[str, torch.device] = "cpu") -> L
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     module = load_generator(name_or_path, device=dev)
-    metadata = dict(module.metadata)
+    metadata: ModelMetadata = module.metadata
     return LoadedModel(
         module=module,
-        name=str(metadata.get("name") or Path(str(name_or_path)).name),
-        path=str(metadata.get("path") or name_or_path),
+        name=str(metadata.name or Path(str(name_or_path)).name),
+        path=str(metadata.path or name_or_path),
         architecture=module.architecture,
         views=tuple(module.views),
-        sha256=metadata.get("sha256"),
-        spec=input_spec_from_metadata(metadata, module.config.grid_size),
+        sha256=metadata.sha256,
+        spec=input_spec_from_metadata(metadata),
         metadata=metadata,
         device=dev,
     )

@@ -146,7 +146,7 @@ def write_prediction(
             views = " and ".join("PA" if v == PA else "lateral" for v in prediction.views)
             provenance = SyntheticProvenance(
                 model_name=prediction.model.name,
-                model_version=str(prediction.model.metadata.get("version", "unversioned")),
+                model_version=prediction.model.metadata.version,
                 weights_sha256=prediction.model.sha256 or "unknown",
                 inputs_description=f"{views} chest radiograph{'s' if len(prediction.views) > 1 else ''}",
                 sources=_dicom_sources(prediction),

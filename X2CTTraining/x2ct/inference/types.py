@@ -18,10 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..drr import DRRGeometry
+from ..drr_geometry import DRRGeometry
+from ..errors import InputError
 from ..geometry import CanonicalGrid
 from ..io import Radiograph
 from ..models.classifiers import ClassifierNet
+from ..models.metadata import ModelMetadata, TaskSpec
 from ..views import CT_KEY, LATERAL, RADIOGRAPH_VIEWS, input_key
 from .frame import InputFrame
 from .synthetic_ct import synthetic_ct_image
@@ -97,7 +99,7 @@ class LoadedModel:
     views: Tuple[str, ...]
     sha256: Optional[str]
     spec: InputSpec
-    metadata: Dict[str, Any]
+    metadata: ModelMetadata
     device: torch.device
 
     @property
@@ -112,26 +114,30 @@ class LoadedClassifier:
 
     name: str
     net: ClassifierNet
-    metadata: Dict[str, Any]
+    metadata: ModelMetadata
+
+    @property
+    def task(self) -> TaskSpec:
+        """Its task: name, outputs (label columns, in logit order) and frozen thresholds."""
+        if self.metadata.task is None:
+            raise InputError(self.metadata.path, "not a classifier: no task in the model metadata")
+        return self.metadata.task
 
     @property
     def outputs(self) -> Tuple[str, ...]:
         """Its label columns, in logit order."""
-        return tuple(self.metadata["outputs"])
+        return self.task.outputs
 
     @property
     def inputs(self) -> Tuple[str, ...]:
-        """Its input keys (``pa``, ``lateral``, ``ct``)."""
-        return tuple(self.net.inputs)
+        """The input keys it was trained on (``pa``, ``lateral``, ``ct``)."""
+        return self.metadata.input_keys
 
     @property
     def ct_source(self) -> Optional[str]:
         """What the classifier's CT input was in training: the generator's name for synthetic CTs
         (``x2ct synthesize-ct``), ``"real"`` for the data set's CTs, None without a CT input."""
-        source = (self.metadata.get("training_data") or {}).get("ct_source") or {}
-        if source.get("kind") == "real":
-            return "real"
-        return (source.get("generator") or {}).get("model")
+        return self.metadata.ct_source
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,22 +6,12 @@ pickle that would build arbitrary objects. A ``module.`` key prefix (DataParalle
 vs +S is inferred from the keys (``view1Model.*`` = biplanar).
 
 Our format is a weights file ``<name>.safetensors`` plus a JSON sidecar ``<name>.json`` (or a folder
-holding ``model.safetensors`` + ``model.json``). The JSON records the sha256 of the weights file,
-which is verified on every load, and everything needed to use the model correctly::
-
-    {"format": "x2ct-generator", "format_version": 1, "weights_file": "model.safetensors",
-     "sha256": "...", "architecture": "x2ct_gan_biplanar" | "x2ct_gan_singleview",
-     "hyperparameters": {"grid_size": 128, "width": 1.0}, "grid_size": 128, "views": ["PA", "LATERAL"],
-     "parameters": 61740467, "input": {...range and normalisation...},
-     "intensity": {...output [0,1] <-> HU...}, "output_order": "...", "training_data": ..., "metrics": ...,
-     "source": {...provenance...}}
-
-Both files are written and read by :mod:`x2ct.models.safetensors_io` (shared with the classifiers):
-the sidecar with sorted keys, the safetensors header's ``__metadata__`` as a single entry, ``"x2ct"``:
-a sorted-key JSON string of format, format_version, architecture and hyperparameters, so saving the
-same weights and metadata twice gives identical bytes (and sha256). Files written before this change
-have two entries (``format``, ``architecture``) in varying order. Loading never reads the header
-metadata, so those files still load and still match their recorded sha256.
+holding ``model.safetensors`` + ``model.json``) in the one metadata schema of x2ct models
+(:mod:`x2ct.models.metadata`): the sha256 of the weights (verified on every load), the network
+(``x2ct_gan_biplanar`` | ``x2ct_gan_singleview`` and its :class:`GeneratorConfig`) and the
+``network_data_format`` (radiograph inputs with the DRR geometry and quantisation they were trained
+on; the CT output on the unit scale and canonical axes). :mod:`x2ct.models.safetensors_io` writes both
+files byte-reproducibly. Official checkpoints get the same metadata record, built from the file.
 
 Every problem with a file (unreadable, not a checkpoint, unsafe pickle, wrong keys or shapes, hash
 mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming the file.
@@ -30,42 +20,36 @@ mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
 
+from .. import __version__
 from ..atomic import sha256_file
 from ..errors import InputError, PathLike
-from ..geometry import AXES
-from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..resources import bundled_names, resources_dir
+from ..views import CT_KEY, PA_KEY, input_key
+from .metadata import GENERATOR, MINMAX, ModelMetadata, ct_tensor, radiograph_input
 from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
-from .safetensors_io import read_verified_metadata, read_weights, write_sidecar, write_weights
+from .safetensors_io import read_verified, read_weights, save_model
 from .x2ct_gan import GeneratorConfig, X2CTBiplanar, X2CTSingleView
 
 Generator = Union[X2CTSingleView, X2CTBiplanar]
 
-FORMAT = "x2ct-generator"
-FORMAT_VERSION = 1
 ARCHITECTURES: Dict[str, Type[nn.Module]] = {
     X2CTBiplanar.architecture: X2CTBiplanar,
     X2CTSingleView.architecture: X2CTSingleView,
 }
-OFFICIAL_INPUT = {
-    "range": [0.0, 1.0],
-    "size": 128,
-    "normalization": "uint8 / 255 of a per-image min-max scaled DRR-like radiograph (official X2CT-GAN)",
+OFFICIAL_TRAINING_DATA = {
+    "dataset": "LIDC-IDRI",
+    "split": "official X2CT-GAN",
+    "train_cases": 916,
+    "drrs": "Plastimatch",
 }
-"""Input convention of the official weights (kylekma/X2CT ``3DGAN/lib/dataset/data_augmentation_1030.py``)."""
-INTENSITY = {
-    "convention": "unit = clip(HU + 1024, 0, 2500) / 2500; HU = 2500 * unit - 1024",
-    "hu_offset": HU_OFFSET,
-    "unit_range": UNIT_RANGE,
-    "output_range": [0.0, 1.0],
-}
-OUTPUT_ORDER = f"(N, 1, D, H, W), canonical axes {AXES}"
+"""What the official weights were trained on (kylekma/X2CT README)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,7 +116,31 @@ def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], path: PathL
     model.load_state_dict(state, strict=True)
 
 
-def _inference_ready(model: Generator, device: torch.device, metadata: Dict[str, Any]) -> Generator:
+def describe_generator(
+    model: Generator, drr_geometry: Optional[Mapping[str, Any]] = None, quantize_bits: Optional[int] = 8, **fields: Any
+) -> ModelMetadata:
+    """The metadata record of a generator: its network and data format from ``model``; ``drr_geometry``
+    ({"sad_mm", "sid_mm", "detector_mm", "drr_size"}) and ``quantize_bits`` of its training radiographs
+    (official geometry and 8 bits when not given); any other :class:`ModelMetadata` field in ``fields``."""
+    size = model.config.grid_size
+    preprocessing: Dict[str, Any] = {"normalization": MINMAX, "quantize_bits": quantize_bits}
+    if drr_geometry:
+        preprocessing["drr_geometry"] = {k: v for k, v in drr_geometry.items() if v is not None}
+    inputs = {input_key(view): radiograph_input(input_key(view), size, preprocessing) for view in model.views}
+    fields.setdefault("x2ct_version", __version__)
+    fields.setdefault("pytorch_version", torch.__version__)
+    return ModelMetadata(
+        kind=GENERATOR,
+        architecture=model.architecture,
+        network_config=model.config.to_dict(),
+        inputs=inputs,
+        outputs={CT_KEY: ct_tensor(size)},
+        parameters=sum(p.numel() for p in model.parameters()),
+        **fields,
+    )
+
+
+def _inference_ready(model: Generator, device: torch.device, metadata: ModelMetadata) -> Generator:
     model.metadata = metadata
     model.requires_grad_(False)
     return model.to(device).eval()
@@ -172,23 +180,17 @@ def load_official(path: PathLike) -> Generator:
     return model
 
 
-def official_metadata(path: PathLike, model: Generator) -> Dict[str, Any]:
-    """Metadata describing an official checkpoint (what our JSON would say about it)."""
-    return {
-        "format": "official-x2ct-gan-pth",
-        "architecture": model.architecture,
-        "hyperparameters": model.config.to_dict(),
-        "grid_size": model.config.grid_size,
-        "views": list(model.views),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "sha256": sha256_file(path),
-        "input": dict(OFFICIAL_INPUT),
-        "intensity": dict(INTENSITY),
-        "output_order": OUTPUT_ORDER,
-        "training_data": "LIDC-IDRI, official X2CT-GAN split (916 training scans), DRRs (Plastimatch)",
-        "metrics": None,
-        "source": {"file": Path(path).name, "kind": "official kylekma/X2CT checkpoint"},
-    }
+def official_metadata(path: PathLike, model: Generator) -> ModelMetadata:
+    """The metadata record of an official checkpoint (what our JSON would say about it)."""
+    return describe_generator(
+        model,
+        sha256=sha256_file(path),
+        weights_file=Path(path).name,
+        training_data=dict(OFFICIAL_TRAINING_DATA),
+        source={"kind": "official kylekma/X2CT checkpoint", "file": Path(path).name},
+        x2ct_version=None,
+        pytorch_version=None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,32 +207,15 @@ def _our_paths(path: Path) -> Tuple[Path, Path]:
     return path, path.with_suffix(".json")
 
 
-def weights_header(model: Generator) -> Dict[str, Any]:
-    """What the safetensors header of a generator's weights file records (its one ``"x2ct"`` entry)."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": model.architecture,
-        "hyperparameters": model.config.to_dict(),
-    }
-
-
-def save_generator(
-    model: Generator,
-    out_path: PathLike,
-    *,
-    training_data: Any = None,
-    metrics: Any = None,
-    input_spec: Optional[Mapping[str, Any]] = None,
-    source: Optional[Mapping[str, Any]] = None,
-    extra: Optional[Mapping[str, Any]] = None,
-) -> Path:
-    """Write ``model`` in our format; returns the JSON path.
+def save_generator(model: Generator, out_path: PathLike, **fields: Any) -> Path:
+    """Write ``model`` in our format; returns the JSON path. ``fields``: :func:`describe_generator`'s
+    (``drr_geometry``, ``quantize_bits``, ``name``, ``version``, ``changelog``, ``training``,
+    ``training_data``, ``metrics``, ``source``).
 
     ``out_path`` ending in ``.safetensors`` writes that file and a ``.json`` beside it; any other
     path is a folder receiving ``model.safetensors`` + ``model.json``. Both files are written
-    atomically, weights first, so a crash never leaves a JSON whose hash matches partial weights.
-    Both are byte-reproducible: the same weights and metadata (in any dict order) give the same bytes.
+    atomically, weights first, and are byte-reproducible: the same weights and metadata (in any dict
+    order) give the same bytes.
     """
     out = Path(out_path)
     if out.suffix == ".safetensors":
@@ -238,36 +223,16 @@ def save_generator(
     else:
         out.mkdir(parents=True, exist_ok=True)
         weights, meta_path = out / "model.safetensors", out / "model.json"
-    sha256 = write_weights(model, weights, weights_header(model))
-    metadata: Dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "weights_file": weights.name,
-        "sha256": sha256,
-        "architecture": model.architecture,
-        "hyperparameters": model.config.to_dict(),
-        "grid_size": model.config.grid_size,
-        "views": list(model.views),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "input": dict(input_spec) if input_spec is not None else dict(OFFICIAL_INPUT, size=model.config.grid_size),
-        "intensity": dict(INTENSITY),
-        "output_order": OUTPUT_ORDER,
-        "training_data": training_data,
-        "metrics": metrics,
-        "source": dict(source) if source is not None else None,
-    }
-    metadata.update(extra or {})
-    write_sidecar(meta_path, metadata)
+    save_model(model, weights, meta_path, describe_generator(model, **fields))
     return meta_path
 
 
-def load_ours(path: PathLike) -> Tuple[Generator, Dict[str, Any]]:
+def load_ours(path: PathLike) -> Tuple[Generator, ModelMetadata]:
     """(generator in training mode on CPU, metadata) from our format; the sha256 is verified first."""
-    weights, meta_path = _our_paths(Path(path))
-    metadata, weights = read_verified_metadata(meta_path, FORMAT, weights.name)
+    _, meta_path = _our_paths(Path(path))
+    metadata, weights = read_verified(meta_path, GENERATOR)
     try:
-        config = GeneratorConfig(**metadata["hyperparameters"])
-        model = build_generator(metadata["architecture"], config)
+        model = build_generator(metadata.architecture, GeneratorConfig(**metadata.network_config))
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(meta_path, f"bad architecture description ({err})") from None
     load_state_strict(model, read_weights(weights), weights)
@@ -305,7 +270,7 @@ def load_generator(name_or_path: PathLike, device: Union[str, torch.device] = "c
     model (``Resources/Models/<name>/``). ``device``: "auto", "cpu" or "cuda".
 
     The returned module's ``forward(pa, lateral=None)`` takes (N,1,S,S) tensors in the model's input
-    range (``metadata["input"]``; [0,1] for official weights) and returns (N,1,D,H,W) in [0,1] in the
+    range (``metadata.inputs``: [0, 1], per-image min-max) and returns (N,1,D,H,W) in [0,1] in the
     canonical order. Call it under ``torch.inference_mode()``.
     """
     target = resolve_device(device)
@@ -316,8 +281,7 @@ def load_generator(name_or_path: PathLike, device: Union[str, torch.device] = "c
         else:
             model = load_official(path)
             metadata = official_metadata(path, model)
-        metadata = dict(metadata, path=str(path))
-        return _inference_ready(model, target, metadata)
+        return _inference_ready(model, target, replace(metadata, path=str(path)))
     text = str(name_or_path)
     looks_like_path = any(sep in text for sep in ("/", "\\")) or path.suffix in (".pth", ".pt", ".safetensors", ".json")
     if looks_like_path:
@@ -327,34 +291,35 @@ def load_generator(name_or_path: PathLike, device: Union[str, torch.device] = "c
         available = ", ".join(names) if names else "none are installed"
         raise InputError(None, f"unknown model {text!r}: not a file and not a bundled model (available: {available})")
     model, metadata = load_ours(models_dir() / text)
-    return _inference_ready(model, target, dict(metadata, path=str(models_dir() / text), name=text))
+    return _inference_ready(model, target, replace(metadata, path=str(models_dir() / text), name=text))
 
 
-def convert_checkpoint(in_path: PathLike, out_path: PathLike, **metadata: Any) -> Path:
+def convert_checkpoint(in_path: PathLike, out_path: PathLike, **fields: Any) -> Path:
     """Convert an official ``.pth`` (or re-save one of ours) into our format; returns the JSON path.
 
-    ``out_path``: ``<name>.safetensors`` (JSON written beside it) or a folder. Keyword arguments
-    (``training_data``, ``metrics``, ``input_spec``, ``source``, ``extra``) override the metadata.
+    ``out_path``: ``<name>.safetensors`` (JSON written beside it) or a folder. ``fields`` (those of
+    :func:`save_generator`) override what the source says.
     """
     src = Path(in_path)
     if not src.exists():
         raise InputError(src, "no such file")
     if _is_ours(src):
         model, old = load_ours(src)
+        preprocessing = old.inputs[PA_KEY].preprocessing
         defaults: Dict[str, Any] = {
-            "training_data": old.get("training_data"),
-            "metrics": old.get("metrics"),
-            "input_spec": old.get("input"),
-            "source": old.get("source"),
+            "drr_geometry": preprocessing.get("drr_geometry"),
+            "quantize_bits": preprocessing.get("quantize_bits", 8),
+            "name": old.name,
+            "version": old.version,
+            "changelog": old.changelog,
+            "training": old.training,
+            "training_data": old.training_data,
+            "metrics": old.metrics,
+            "source": old.source,
         }
     else:
         model = load_official(src)
         info = official_metadata(src, model)
-        defaults = {
-            "training_data": info["training_data"],
-            "metrics": None,
-            "input_spec": info["input"],
-            "source": dict(info["source"], sha256=info["sha256"]),
-        }
-    defaults.update(metadata)
+        defaults = {"training_data": info.training_data, "source": dict(info.source, sha256=info.sha256)}
+    defaults.update(fields)
     return save_generator(model, out_path, **defaults)

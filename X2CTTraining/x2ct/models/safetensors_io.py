@@ -1,7 +1,7 @@
-"""Our model files: safetensors weights beside a JSON sidecar that records their sha256.
+"""Our model files: safetensors weights beside a JSON sidecar (:mod:`x2ct.models.metadata`) that records their sha256.
 
-Shared by generators (:mod:`x2ct.models.checkpoints`) and classifiers (:mod:`x2ct.classify.checkpoint`);
-each format adds its own entries to the sidecar. Both files are byte-reproducible:
+Shared by generators (:mod:`x2ct.models.checkpoints`) and classifiers (:mod:`x2ct.classify.checkpoint`).
+Both files are byte-reproducible:
 
 * the weights' safetensors header ``__metadata__`` holds one entry, :data:`HEADER_KEY`, a sorted-key
   JSON string. The library keeps ``__metadata__`` in a hash map whose order changes from one save to
@@ -17,6 +17,7 @@ Every problem with a file (missing, unreadable, another format, hash mismatch) r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_path, sha256_file, write_text_atomic
 from ..errors import InputError
+from .metadata import SCHEMA, SCHEMA_VERSION, ModelMetadata, read_document
 
 HEADER_KEY = "x2ct"
 """The one key of the safetensors ``__metadata__`` we write."""
@@ -45,37 +47,38 @@ def write_weights(module: nn.Module, path: Path, header: Mapping[str, Any]) -> s
     return sha256_file(path)
 
 
-def write_sidecar(path: Path, metadata: Mapping[str, Any]) -> None:
-    """Write the JSON sidecar ``path`` atomically (sorted keys, indent 2, final newline)."""
-    write_text_atomic(path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+def save_model(module: nn.Module, weights: Path, meta_path: Path, metadata: ModelMetadata) -> ModelMetadata:
+    """Write ``module``'s weights to ``weights`` and ``metadata`` (schema 2, with the weights' file name, sha256
+    and parameter count filled in) to ``meta_path``, each atomically, weights first, so a crash never
+    leaves a sidecar whose hash matches partial weights. Returns the metadata as written."""
+    header = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "kind": metadata.kind,
+        "architecture": metadata.architecture,
+        "config": metadata.network_config,
+    }
+    sha256 = write_weights(module, weights, header)
+    parameters = sum(p.numel() for p in module.parameters())
+    written = replace(metadata, sha256=sha256, weights_file=weights.name, parameters=parameters, path=None)
+    write_text_atomic(meta_path, json.dumps(written.to_dict(), indent=2, sort_keys=True) + "\n")
+    return replace(written, path=str(meta_path.parent))
 
 
-def read_verified_metadata(meta_path: Path, expected_format: str, weights_name: str) -> Tuple[Dict[str, Any], Path]:
-    """(sidecar, weights path) of the model whose sidecar is ``meta_path``, once the sidecar's ``format`` is
-    ``expected_format`` and the weights' sha256 matches the one it records.
-
-    The weights are the sidecar's ``weights_file`` beside it, or ``weights_name`` when it names none.
-    """
-    if not meta_path.is_file():
-        raise InputError(
-            meta_path,
-            "model metadata missing (a model is NAME.safetensors + NAME.json, or a folder with "
-            "model.safetensors + model.json)",
-        )
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(meta_path, f"unreadable model metadata ({' '.join(str(err).split())})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != expected_format:
-        raise InputError(meta_path, f"not an {expected_format} metadata file")
-    weights = meta_path.parent / str(metadata.get("weights_file", weights_name))
+def read_verified(meta_path: Path, kind: str) -> Tuple[ModelMetadata, Path]:
+    """(metadata, weights path) of the model whose sidecar is ``meta_path``, once it is a model of ``kind``
+    (schema 2, or schema 1 migrated in memory) and the weights' sha256 matches the one it records."""
+    metadata = ModelMetadata.from_dict(read_document(meta_path), str(meta_path))
+    if metadata.kind != kind:
+        raise InputError(meta_path, f"holds a {metadata.kind}, not a {kind}")
+    weights = meta_path.parent / metadata.weights_file
     if not weights.is_file():
         raise InputError(weights, "weights file missing")
     actual = sha256_file(weights)
-    if actual != metadata.get("sha256"):
-        expected = str(metadata.get("sha256"))[:12]
+    if actual != metadata.sha256:
+        expected = str(metadata.sha256)[:12]
         raise InputError(weights, f"sha256 mismatch (file {actual[:12]}…, metadata {expected}…): corrupted or replaced")
-    return metadata, weights
+    return replace(metadata, path=str(meta_path.parent)), weights
 
 
 def read_weights(path: Path) -> Dict[str, Tensor]:

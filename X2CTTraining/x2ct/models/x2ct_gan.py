@@ -394,8 +394,8 @@ class _GeneratorAPI:
     _fast = True
 
     def _init_api(self) -> None:
-        self.metadata: Dict[str, Any] = {}
-        """Checkpoint metadata, filled by :func:`x2ct.models.load_generator`."""
+        self.metadata: Optional[Any] = None
+        """The model's :class:`x2ct.models.metadata.ModelMetadata`, set by :func:`x2ct.models.load_generator`."""
         self.fast_inference = True
 
     @property

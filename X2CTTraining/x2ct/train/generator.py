@@ -79,9 +79,12 @@ def init_weights(net: nn.Module, std: float = INIT_STD) -> nn.Module:
 def generator_from_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The generator of a training checkpoint, on ``device``, in eval mode."""
     state = load_checkpoint(path, CHECKPOINT_FORMAT, device)
+    from ..models.checkpoints import describe_generator
+
     net = build_generator(config_from_dict(state["config"]))
     net.load_state_dict(state["trainer"]["G"])
-    net.metadata = {"source": str(path), "training_checkpoint": True, "global_step": state["global_step"]}
+    source = {"kind": "x2ct training checkpoint", "file": str(path), "global_step": state["global_step"]}
+    net.metadata = describe_generator(net, source=source, path=str(path))
     return net.to(device).eval()
 
 
@@ -109,22 +112,8 @@ def _dataset_summary(data: Path, train: CaseDataset) -> Dict[str, Any]:
     for row in read_manifest(data):
         counts[row["split"]] = counts.get(row["split"], 0) + 1
     attrs = case_attributes(train.case_file(0))
-    keep = (
-        "size",
-        "drr_size",
-        "sad_mm",
-        "sid_mm",
-        "detector_mm",
-        "ct_convention",
-        "xray_convention",
-        "axes",
-        "source_kind",
-        "source",
-        "source_sha256",
-        "synthetic_seed",
-        "synthetic_drrs",
-        "body_mask",
-    )
+    keep = ("size", "drr_size", "sad_mm", "sid_mm", "detector_mm", "source_kind", "source", "source_sha256",
+            "synthetic_seed")  # fmt: skip
     return {
         "folder": str(data),
         "split_counts": counts,
@@ -285,36 +274,17 @@ class GeneratorTrainer(Trainer):
 
 
 def training_metadata(config: TrainConfig, data: Path, train_set: CaseDataset, run: RunRecord) -> Dict[str, Any]:
-    """Metadata of a trained generator, as :func:`x2ct.models.save_generator` keyword arguments:
-    ``input_spec`` (range and preprocessing of the radiographs), ``training_data`` and ``extra.training``."""
+    """Metadata of a trained generator, as :func:`x2ct.models.save_generator` keyword arguments: the DRR
+    geometry of its training radiographs (8-bit per-image min-max DRRs, see docs/datasets.md), the
+    training data and the run (settings, steps, time, processes)."""
     summary = _dataset_summary(data, train_set)
     build = summary["build"]
-    input_spec = {
-        "range": [0.0, 1.0],
-        "size": config.grid_size,
-        "normalization": "per-image min-max to 0..255 (uint8), then /255",
-        "preprocessing": (
-            "DRR radiograph as in the training data: cone-beam ray sums (SAD {sad} mm, SID {sid} mm, {det} mm "
-            "detector, {n} px), per-image min-max of the line integral to 0..255 (uint8), resized to {s}x{s} by "
-            "linear interpolation (scipy zoom order 1), divided by 255; PA in radiological display (patient right "
-            "on image left), lateral columns anterior->posterior, rows superior->inferior"
-        ).format(
-            sad=build.get("sad_mm"),
-            sid=build.get("sid_mm"),
-            det=build.get("detector_mm"),
-            n=build.get("drr_size"),
-            s=config.grid_size,
-        ),
+    return {
         "drr_geometry": {k: build.get(k) for k in ("sad_mm", "sid_mm", "detector_mm", "drr_size")},
+        "quantize_bits": 8,
+        "training_data": summary,
+        "training": {"config": config.to_dict(), **run.to_dict()},
     }
-    training = {
-        "config": config.to_dict(),
-        **run.to_dict(),
-        "losses": "0.1 LSGAN (conditional 3D PatchGAN) + 10 MSE + 10 x mean over 3 axes of L1 of mean projections",
-        "optimizer": f"Adam lr {config.lr} betas ({config.beta1}, {config.beta2}) for G and D; "
-        f"{config.epochs_constant} constant + {config.epochs_decay} linear-decay epochs",
-    }
-    return {"input_spec": input_spec, "training_data": summary, "extra": {"training": training}}
 
 
 def train_generator(config: TrainConfig, log: Log = stderr_log) -> TrainResult:
