@@ -107,7 +107,7 @@ def replicas(folder: Path) -> List[dict]:
 
 
 def test_two_ranks_equal_one_process_with_their_global_batch(data, tmp_path):
-    settings = [*GENERATOR, "dropout=0"]
+    settings = [*GENERATOR, "dropout=0", "epochs_decay=0"]  # 2 steps: double-precision 3D convolutions are slow
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     worker = TESTING / "ddp_worker.py"
     done = run(torchrun([worker, "generator", data, ddp, "--float64", *settings, "batch_size=1"]))
@@ -124,7 +124,7 @@ def test_two_ranks_equal_one_process_with_their_global_batch(data, tmp_path):
     trained = load_file(str(ddp / "model" / "model.safetensors"))  # rank 0 exported what it trained
     assert all(torch.equal(trained[k], rank0[f"G.{k}"]) for k in trained)
     meta = json.loads((ddp / "model" / "model.json").read_text())["training"]
-    assert (meta["world_size"], meta["batch_per_rank"], meta["global_batch"], meta["steps"]) == (2, 1, 2, 4)
+    assert (meta["world_size"], meta["batch_per_rank"], meta["global_batch"], meta["steps"]) == (2, 1, 2, 2)
 
 
 def wait_for_checkpoint(run_folder: Path, process: subprocess.Popen, timeout: float = 240) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .errors import InputError
@@ -214,13 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from .train import load_config, train_generator
 
-    overrides = list(args.set or [])
-    overrides += [
-        f"{key}={value}"
-        for key, value in (("data", args.data), ("out", args.output), ("device", args.device))
-        if value is not None
-    ]
-    result = train_generator(load_config(args.config, overrides))
+    result = train_generator(load_config(args.config, overrides(args)))
     if result.rank != 0:
         return 0
     if result.finished:
@@ -258,20 +252,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from .classify.config import load_config
     from .classify.train import train_classifier
 
-    overrides = list(args.set or [])
-    named = (
-        ("data", args.data),
-        ("out", args.output),
-        ("task", args.task),
-        ("arch", args.arch),
-        ("inputs", args.inputs),
-        ("ct_source", args.ct_source),
-        ("labels", args.labels),
-        ("device", args.device),
-        ("threads", args.threads),
-    )
-    overrides += [f"{key}={value}" for key, value in named if value is not None]
-    config = load_config(args.config, overrides)
+    shorthands = dict(task=args.task, arch=args.arch, inputs=args.inputs, ct_source=args.ct_source,
+                      labels=args.labels, threads=args.threads)  # fmt: skip
+    config = load_config(args.config, overrides(args, **shorthands))
     result = train_classifier(config, resume=args.resume)
     if result.rank != 0:
         return 0
@@ -349,6 +332,36 @@ def geometry_options() -> argparse.ArgumentParser:
     ):
         default = float(getattr(DRRGeometry, name))
         parent.add_argument(flag, type=float, default=default, help=f"{what} in mm (default {default:g})")
+    return parent
+
+
+def settings_options(default_config: str) -> argparse.ArgumentParser:
+    """The options of the training commands' settings: ``--config FILE`` (default ``default_config``), ``--set
+    KEY=VALUE`` (repeatable), and the shorthands ``--data DIR`` and ``-o RUN`` (= ``--set data=`` / ``out=``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="FILE", help=f"JSON config file (default: {default_config})")
+    parent.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
+    parent.add_argument(
+        "-o", "--output", metavar="RUN", help="run folder: checkpoints, logs, final model (= --set out=RUN)"
+    )
+    parent.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    return parent
+
+
+def overrides(args: argparse.Namespace, **shorthands: Any) -> List[str]:
+    """``--set`` items followed by the shorthand options given (``data``, ``out`` and the command's own), as
+    ``KEY=VALUE`` (later items win)."""
+    named = {"data": args.data, "out": args.output, "device": args.device, **shorthands}
+    return [*(args.set or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
+
+
+def data_options(split: str) -> argparse.ArgumentParser:
+    """``--data DIR`` (required) and ``--split`` of the commands that read a built data set (default ``split``)."""
+    from .data.layout import SPLIT_CHOICES
+
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
+    parent.add_argument("--split", default=split, choices=SPLIT_CHOICES, help=f"default {split}")
     return parent
 
 
@@ -495,12 +508,8 @@ def add_train_generator(sub: Commands) -> None:
         "file (default: the official settings, x2ct/train/generator_default.json) and --set KEY=VALUE overrides; "
         "see docs/training.md. Running again with the same -o resumes from OUT/checkpoints/last.pt with "
         "identical results.",
-        parents=[device_option(None)],
+        parents=[settings_options("the official settings"), device_option(None)],
     )
-    p.add_argument("--config", metavar="FILE", help="JSON config file (default: the official settings)")
-    p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
-    p.add_argument("-o", "--output", metavar="OUT", help="run folder: checkpoints, logs, final model (= --set out=OUT)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.set_defaults(func=cmd_train_generator)
 
 
@@ -510,7 +519,7 @@ def add_evaluate_generator(sub: Commands) -> None:
         help="score a generator on a data-set split under the declared metric protocol",
         description="Run the generator on every case of the split (the case's stored DRRs as input) and compare "
         "with its CT under docs/metric_protocol.md. Writes OUT/metrics_per_case.csv and OUT/metrics_summary.json.",
-        parents=[device_option("auto")],
+        parents=[data_options("test"), device_option("auto")],
     )
     p.add_argument(
         "--model",
@@ -518,8 +527,6 @@ def add_evaluate_generator(sub: Commands) -> None:
         required=True,
         help="bundled model name, official .pth, x2ct model folder, or a train-generator run/checkpoint",
     )
-    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder for the CSV and JSON")
     p.set_defaults(func=cmd_evaluate_generator)
 
@@ -532,19 +539,19 @@ def add_synthesize_ct(sub: Commands) -> None:
         "OUT/<case_id>/synthetic_ct.nrrd (HU, canonical grid, as x2ct predict writes it) and OUT/manifest.csv. "
         "Finished cases are skipped; a folder made with other weights is refused. Under torchrun the cases are "
         "shared among the processes.",
-        parents=[device_option("auto")],
+        parents=[data_options("all"), device_option("auto")],
     )
     p.add_argument(
         "--model", metavar="NAME|PATH", required=True, help="bundled generator name, official .pth or x2ct model folder"
     )
-    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (resumable)")
-    p.add_argument("--split", default="all", choices=("train", "val", "test", "all"), help="default all")
     p.add_argument("--batch-size", type=int, default=4, help="cases per generator call (default 4)")
     p.set_defaults(func=cmd_synthesize_ct)
 
 
 def add_train_classifier(sub: Commands) -> None:
+    from .classify.tasks import TASKS
+
     p = sub.add_parser(
         "train-classifier",
         help="train a disease classifier (TB, TB type, TB activity, PE) on radiographs, CT or both; resumable",
@@ -552,10 +559,9 @@ def add_train_classifier(sub: Commands) -> None:
         "thresholds are chosen on validation (Youden) and frozen into RUN/model. Every setting comes from the "
         "config file (default x2ct/train/classifier_default.json) and --set KEY=VALUE; see docs/classifiers.md. "
         "--resume continues an interrupted run with identical results. Needs the eval extra (scikit-learn).",
-        parents=[device_option(None)],
+        parents=[settings_options("x2ct/train/classifier_default.json"), device_option(None)],
     )
-    p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset' (= --set data=DIR)")
-    p.add_argument("--task", choices=("tb", "tb_type", "tb_activity", "pe"), help="= --set task=... (default tb)")
+    p.add_argument("--task", choices=tuple(TASKS), help="= --set task=... (default tb)")
     p.add_argument(
         "--arch",
         metavar="ARCH",
@@ -569,9 +575,6 @@ def add_train_classifier(sub: Commands) -> None:
         help="real (the data set's CT, default) or a folder written by x2ct synthesize-ct / x2ct predict --manifest",
     )
     p.add_argument("--labels", metavar="CSV", help="label file (default DATA/manifest.csv)")
-    p.add_argument("-o", "--output", metavar="RUN", help="run folder (= --set out=RUN)")
-    p.add_argument("--config", metavar="FILE", help="JSON config file (default: x2ct/train/classifier_default.json)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--threads", type=int, help="torch CPU threads (= --set threads=N; 0 = torch's default)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     p.set_defaults(func=cmd_train_classifier)
@@ -583,13 +586,11 @@ def add_evaluate_classifier(sub: Commands) -> None:
         help="score a classifier on a split: DeLong AUC, frozen threshold, Wilson CIs, ROC, comparison, CAM hit rate",
         description="Writes OUT/predictions.csv, OUT/metrics.json and OUT/roc.png. The threshold is the one frozen "
         "in the model (chosen on validation). Needs the eval extra: pip install 'x2ct[eval]'.",
-        parents=[device_option("auto")],
+        parents=[data_options("test"), device_option("auto")],
     )
     p.add_argument("--model", metavar="PATH", required=True, help="RUN/model (or the training run folder RUN)")
-    p.add_argument("--data", metavar="DIR", required=True, help="data set built by 'x2ct build-dataset'")
     p.add_argument("--labels", metavar="CSV", help="label file (default DATA/manifest.csv)")
     p.add_argument("--ct-source", metavar="real|DIR", help="CT source (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder")
     p.add_argument("--compare", metavar="OTHER_EVAL", help="another evaluation folder on the same cases: DeLong test")
     p.add_argument(

@@ -22,7 +22,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.loader import REAL_CT, CaseDataset, read_manifest
+from ..data.layout import read_manifest
+from ..data.loader import REAL_CT, CaseDataset
 from ..errors import InputError, PathLike
 from ..views import CT_KEY, INPUT_KEYS
 from .tasks import LabelTable, Task, get_task, read_labels

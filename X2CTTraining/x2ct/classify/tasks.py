@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..data.builder import MANIFEST, SPLITS
-from ..data.loader import read_manifest
+from ..data.layout import MANIFEST, SPLITS, read_manifest
 from ..errors import InputError, PathLike
 
 LABEL_VALUES = ("0", "1")

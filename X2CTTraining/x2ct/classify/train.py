@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from ..atomic import sha256_file
-from ..data.loader import REAL_CT, case_attributes, collate, read_manifest
+from ..data.layout import read_manifest
+from ..data.loader import REAL_CT, case_attributes, collate
 from ..errors import InputError
 from ..models.classifiers import ClassifierNet, build_classifier
 from ..models.metadata import TaskSpec

@@ -58,12 +58,7 @@ from ..io.ct import find_dicom_series
 from ..io.volume import VOLUME_SUFFIXES
 from ..views import LATERAL, PA
 from .body import OPENING_MM, masked_canonical_ct
-
-CASE_FILE = "ct_xray_data.h5"
-"""File name of a case inside ``OUT/<case_id>/`` (official)."""
-
-MANIFEST = "manifest.csv"
-"""Manifest file name inside OUT."""
+from .layout import CASE_FILE, MANIFEST, SPLITS
 
 LAYOUT_VERSION = 1
 """Version of the h5 layout written here (attribute ``x2ct_layout_version``)."""
@@ -74,7 +69,6 @@ CT_SUFFIXES = (*VOLUME_SUFFIXES, ".mhd", ".nhdr")
 LIST_SUFFIXES = (".txt", ".csv")
 """File endings of list files (one CT path per line)."""
 
-SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
 """Default train/val/test fractions."""
 

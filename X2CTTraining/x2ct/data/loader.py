@@ -22,7 +22,6 @@ training epoch is chosen by the training engine.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..errors import InputError, PathLike
 from ..geometry import grid_of
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..views import CT_KEY, INPUT_KEYS, LATERAL_KEY, PA_KEY
-from .builder import MANIFEST, SPLITS
+from .layout import MANIFEST, SPLITS, read_manifest
 
 XRAY_RANGE = 255.0
 """Radiographs are stored as uint8 0..255 and divided by this (official XRAY*_MIN_MAX [0, 255])."""
@@ -87,24 +86,6 @@ def xray_to_unit(stored: np.ndarray, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- files
-
-
-def read_manifest(root: PathLike) -> List[Dict[str, str]]:
-    """Rows of ``root/manifest.csv`` (InputError when the folder or the manifest is missing or unreadable)."""
-    root = Path(os.fspath(root))
-    if not root.is_dir():
-        raise InputError(root, "data folder not found (build one with 'x2ct build-dataset')")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise InputError(path, "not found; is this a folder written by 'x2ct build-dataset'?")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(path, f"unreadable manifest ({err})") from None
-    if rows and not {"case_id", "split", "path"} <= set(rows[0]):
-        raise InputError(path, "not a data-set manifest (needs the columns case_id, split and path)")
-    return rows
 
 
 def _unreadable(path: Path, err: BaseException) -> InputError:
@@ -338,7 +319,6 @@ __all__ = [
     "generator_sizes",
     "read_case",
     "read_lesions",
-    "read_manifest",
     "read_synthetic_ct",
     "resize",
     "synthetic_ct_path",

@@ -36,8 +36,8 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
-from ..data.builder import MANIFEST, SPLITS
-from ..data.loader import SYNTHETIC_CT_FILE, case_attributes, read_case, read_manifest, synthetic_ct_path
+from ..data.layout import MANIFEST, SPLITS, read_manifest
+from ..data.loader import SYNTHETIC_CT_FILE, case_attributes, read_case, synthetic_ct_path
 from ..distributed import barrier, gather, session, shard
 from ..errors import InputError, PathLike
 from ..geometry import CanonicalGrid

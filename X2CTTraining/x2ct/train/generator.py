@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
-from ..data.loader import CaseDataset, collate, generator_sizes, read_manifest
+from ..data.layout import read_manifest
+from ..data.loader import CaseDataset, collate, generator_sizes
 from ..errors import InputError
 from ..losses import LossWeights, discriminator_loss, generator_loss
 from ..models.x2ct_gan import GeneratorConfig, PatchDiscriminator3D, X2CTBiplanar, X2CTSingleView
