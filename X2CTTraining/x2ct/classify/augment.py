@@ -1,5 +1,5 @@
-"""Training augmentation of classifier batches: a small random in-plane rotation (the seed's "random
-rotation augmentations"; Zunair et al. rotate CT volumes by small angles).
+"""Training augmentation of classifier batches: a small random in-plane rotation (the synthetic-CT TB
+classification paper's "random rotation augmentations"; Zunair et al. rotate CT volumes by small angles).
 
 Each case of a batch gets one angle, uniform in [-max_degrees, max_degrees], applied to every input
 of that case so that pixel-aligned inputs stay aligned:

@@ -21,12 +21,14 @@ Architectures (registry name, inputs):
 
 * ``densenet2d`` (pa): DenseNet-121 on the PA (MONAI's ``DenseNet121``, ``spatial_dims=2``).
 * ``hemis-densenet2d`` (pa, lateral optional): HeMIS fusion of two per-view DenseNets (Havaei et al.
-  2016; the seed's "HeMIS model with DenseNet-PA architecture").
-* ``cnn3d`` (ct): the 3D CNN of Zunair et al. 2020 that the seed uses for CT.
-* ``cnn3d-2slice`` (ct): the same CNN on the two central coronal slices only (the seed's "2-slice CT").
+  2016; the synthetic-CT TB classification paper's "HeMIS model with DenseNet-PA architecture").
+* ``cnn3d`` (ct): the 3D CNN of Zunair et al. 2020 that the shape-induction and synthetic-CT TB papers
+  use for CT.
+* ``cnn3d-2slice`` (ct): the same CNN on the two central coronal slices only (the synthetic-CT TB
+  paper's "2-slice CT").
 * ``densenet3d`` (ct): DenseNet-121 3D (MONAI, ``spatial_dims=3``).
-* ``concat-cnn3d`` (pa, ct): the PA repeated along A->P as a second CT channel (the seed's "X-ray and
-  CT concatenated").
+* ``concat-cnn3d`` (pa, ct): the PA repeated along A->P as a second CT channel (the synthetic-CT TB
+  paper's "X-ray and CT concatenated").
 * ``concat-cnn3d-2slice`` (pa, ct): the PA stacked with the two central coronal slices.
 * ``late-fusion`` (pa, ct): a DenseNet branch on the PA and a Zunair branch on the CT, pooled features
   concatenated, then one linear layer.
@@ -464,7 +466,8 @@ class CNN3d(ClassifierNet):
 
 
 class CNN3dTwoSlice(CNN3d):
-    """``cnn3d-2slice``: the Zunair CNN on the two central coronal CT slices only (the seed's "2-slice CT").
+    """``cnn3d-2slice``: the Zunair CNN on the two central coronal CT slices only (the synthetic-CT TB paper's
+    "2-slice CT").
 
     ``batch["ct"]`` (N, 1, D, H, W) -> :func:`central_coronal_slab` (N, 1, 2, D, W) (slices H//2-1 and
     H//2, each in the PA frame) -> the :class:`CNN3d` layers. The slab's depth is pooled to 1 by the
@@ -505,7 +508,8 @@ class DenseNet3d(DenseNet2d):
 
 
 class ConcatCNN3d(ClassifierNet):
-    """``concat-cnn3d``: the PA as a second CT channel, then the Zunair CNN (the seed's input concatenation).
+    """``concat-cnn3d``: the PA as a second CT channel, then the Zunair CNN (the synthetic-CT TB paper's input
+    concatenation).
 
     ``batch["pa"]`` (N, 1, S, S) is resampled (bilinear) to the CT's (D, W) when S differs (both cover
     the chest; the alignment is only as good as the radiograph's field of view matches the CT cube),
@@ -547,7 +551,7 @@ class ConcatCNN3dTwoSlice(ConcatCNN3d):
 
     ``batch["pa"]`` (N, 1, S, S), resampled to (D, W) when needed, and :func:`central_coronal_slab` of
     ``batch["ct"]`` form a depth-3 volume (N, 1, 3, D, W): [PA, slice H//2-1, slice H//2], all in the
-    PA frame (the seed's "X-ray and CT concatenated" with 2-slice CT). Depth 3 -> 2 -> 1 -> 1 -> 1
+    PA frame (the synthetic-CT TB paper's "X-ray and CT concatenated" with 2-slice CT). Depth 3 -> 2 -> 1 -> 1 -> 1
     through the blocks (:class:`HalvingMaxPool3d`).
 
     Grad-CAM: the slab map's maximum over its three slices is one (D, W) map; "ct" repeats it along H
