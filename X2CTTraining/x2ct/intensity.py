@@ -6,6 +6,8 @@ range [0, 1] covers HU [-1024, 1476]. Air and padding are -1024 HU (unit 0).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 HU_OFFSET = 1024.0
@@ -26,3 +28,8 @@ def hu_to_unit(hu: np.ndarray) -> np.ndarray:
 def unit_to_hu(unit: np.ndarray) -> np.ndarray:
     """[0, 1] learning scale -> HU float32. Values are clamped to [0, 1] first, as official inference does."""
     return (np.clip(np.asarray(unit, dtype=np.float32), 0.0, 1.0) * UNIT_RANGE - HU_OFFSET).astype(np.float32)
+
+
+def unit_to_hu_unclamped(unit: Any) -> Any:
+    """``2500 * unit - 1024`` without clamping, for numpy arrays and torch tensors alike (differentiable: losses)."""
+    return unit * UNIT_RANGE - HU_OFFSET

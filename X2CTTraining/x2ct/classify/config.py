@@ -62,6 +62,7 @@ class ClassifierConfig:
     checkpoint_every_steps: int = _DEFAULTS["checkpoint_every_steps"]
     keep_every_epochs: int = _DEFAULTS["keep_every_epochs"]
     max_steps: int = _DEFAULTS["max_steps"]
+    max_minutes: float = _DEFAULTS["max_minutes"]
     val_every_epochs: int = _DEFAULTS["val_every_epochs"]
     progress: bool = _DEFAULTS["progress"]
     tensorboard: str = _DEFAULTS["tensorboard"]
@@ -104,6 +105,7 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint_every_steps",
         "keep_every_epochs",
         "max_steps",
+        "max_minutes",
         "progress",
     }
 )

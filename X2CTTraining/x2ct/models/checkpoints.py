@@ -36,13 +36,25 @@ from .metadata import GENERATOR, MINMAX, ModelMetadata, ct_tensor, radiograph_in
 from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
 from .safetensors_io import read_verified, read_weights, save_model
 from .x2ct_gan import GeneratorConfig, X2CTBiplanar, X2CTSingleView
+from .xprospect import (
+    BackProjectionConfig,
+    BackProjectionUNet,
+    DenseUNetConfig,
+    DenseUNetGenerator,
+    TemplateConfig,
+    TemplateGenerator,
+)
 
-Generator = Union[X2CTSingleView, X2CTBiplanar]
+Generator = Union[X2CTSingleView, X2CTBiplanar, BackProjectionUNet, DenseUNetGenerator, TemplateGenerator]
 
-ARCHITECTURES: Dict[str, Type[nn.Module]] = {
-    X2CTBiplanar.architecture: X2CTBiplanar,
-    X2CTSingleView.architecture: X2CTSingleView,
+ARCHITECTURES: Dict[str, Tuple[Type[nn.Module], Type[Any]]] = {
+    X2CTBiplanar.architecture: (X2CTBiplanar, GeneratorConfig),
+    X2CTSingleView.architecture: (X2CTSingleView, GeneratorConfig),
+    BackProjectionUNet.architecture: (BackProjectionUNet, BackProjectionConfig),
+    DenseUNetGenerator.architecture: (DenseUNetGenerator, DenseUNetConfig),
+    TemplateGenerator.architecture: (TemplateGenerator, TemplateConfig),
 }
+"""Generator architectures by name: (network class, its config dataclass; ``network.config`` in model.json)."""
 OFFICIAL_TRAINING_DATA = {
     "dataset": "LIDC-IDRI",
     "split": "official X2CT-GAN",
@@ -93,12 +105,16 @@ def infer_official_architecture(state: Mapping[str, Tensor], path: PathLike) -> 
     raise InputError(path, "not an X2CT-GAN generator state_dict (no encoder_layer.* or view1Model.* keys)")
 
 
-def build_generator(architecture: str, config: GeneratorConfig) -> Generator:
-    """An untrained generator of the named architecture."""
+def build_generator(architecture: str, config: Mapping[str, Any]) -> Generator:
+    """An untrained generator of the named architecture from its config's fields (ValueError for an unknown
+    architecture or a bad config)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})")
+    network, config_class = ARCHITECTURES[architecture]
     try:
-        return ARCHITECTURES[architecture](config)  # type: ignore[return-value]
-    except KeyError:
-        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})") from None
+        return network(config_class(**config))  # type: ignore[return-value]
+    except TypeError as err:
+        raise ValueError(f"bad {architecture} config: {err}") from None
 
 
 def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], path: PathLike) -> None:
@@ -175,7 +191,7 @@ def load_official(path: PathLike) -> Generator:
     """A generator (training mode, CPU) with the weights of an official ``.pth``; +B/+S inferred from the keys."""
     state = read_official_state_dict(path)
     architecture, config = infer_official_architecture(state, path)
-    model = build_generator(architecture, config)
+    model = build_generator(architecture, config.to_dict())
     load_state_strict(model, state, path)
     return model
 
@@ -232,7 +248,7 @@ def load_ours(path: PathLike) -> Tuple[Generator, ModelMetadata]:
     _, meta_path = _our_paths(Path(path))
     metadata, weights = read_verified(meta_path, GENERATOR)
     try:
-        model = build_generator(metadata.architecture, GeneratorConfig(**metadata.network_config))
+        model = build_generator(metadata.architecture, metadata.network_config)
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(meta_path, f"bad architecture description ({err})") from None
     load_state_strict(model, read_weights(weights), weights)

@@ -12,7 +12,7 @@ every key.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -22,6 +22,13 @@ DEFAULT_CONFIG = Path(__file__).with_name("generator_default.json")
 """The default config file (official settings); the only place the default values are written."""
 
 _DEFAULTS = DefaultSettings(DEFAULT_CONFIG)
+
+GENERATOR_ARCHITECTURES = ("x2ct_gan", "bp_unet", "dual_unet", "template")
+"""``architecture`` values: X2CT-GAN (+B/+S by ``views``), the XprospeCT back-projection U-Net and dense-bottleneck
+dual U-Net, and the mean-CT template baseline (x2ct.models.xprospect)."""
+
+OPTIMIZERS = ("adam", "nadam")
+"""``optimizer`` values: Adam (X2CT-GAN) or NAdam (XprospeCT), with ``lr``, ``beta1`` and ``beta2``."""
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,21 @@ class TrainConfig:
     val_split: str = _DEFAULTS["val_split"]
     cache: bool = _DEFAULTS["cache"]
     # model
+    architecture: str = _DEFAULTS["architecture"]
     views: int = _DEFAULTS["views"]
     grid_size: int = _DEFAULTS["grid_size"]
     width: float = _DEFAULTS["width"]
     dropout: float = _DEFAULTS["dropout"]
+    arch_options: Dict[str, Any] = field(default_factory=lambda: dict(_DEFAULTS["arch_options"]))
     ndf: int = _DEFAULTS["ndf"]
     # losses
     gan_weight: float = _DEFAULTS["gan_weight"]
     recon_weight: float = _DEFAULTS["recon_weight"]
     projection_weight: float = _DEFAULTS["projection_weight"]
+    l1_weight: float = _DEFAULTS["l1_weight"]
+    reprojection_weight: float = _DEFAULTS["reprojection_weight"]
     # optimisation
+    optimizer: str = _DEFAULTS["optimizer"]
     lr: float = _DEFAULTS["lr"]
     beta1: float = _DEFAULTS["beta1"]
     beta2: float = _DEFAULTS["beta2"]
@@ -63,6 +75,7 @@ class TrainConfig:
     checkpoint_every_steps: int = _DEFAULTS["checkpoint_every_steps"]
     keep_every_epochs: int = _DEFAULTS["keep_every_epochs"]
     max_steps: int = _DEFAULTS["max_steps"]
+    max_minutes: float = _DEFAULTS["max_minutes"]
     val_every_epochs: int = _DEFAULTS["val_every_epochs"]
     sample_every_epochs: int = _DEFAULTS["sample_every_epochs"]
     progress: bool = _DEFAULTS["progress"]
@@ -86,8 +99,16 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise :class:`InputError` (one line naming the key) for an impossible value; returns self."""
+        if self.architecture not in GENERATOR_ARCHITECTURES:
+            raise setting_error(self, "architecture", f"use one of {', '.join(GENERATOR_ARCHITECTURES)}")
         if self.views not in (1, 2):
             raise setting_error(self, "views", "use 2 (PA + lateral, +B) or 1 (PA only, +S)")
+        if self.optimizer not in OPTIMIZERS:
+            raise setting_error(self, "optimizer", f"use one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.arch_options, dict):
+            raise setting_error(self, "arch_options", "must be a JSON object of architecture options")
+        if self.architecture == "x2ct_gan" and self.arch_options:
+            raise setting_error(self, "arch_options", "x2ct_gan takes width and dropout, not arch_options")
         if self.grid_size < 64 or self.grid_size % 32:
             raise setting_error(self, "grid_size", "must be a multiple of 32 and at least 64")
         if not 0.0 <= self.dropout < 1.0:
@@ -95,8 +116,8 @@ class TrainConfig:
         for key in ("width", "lr", "batch_size", "ndf"):
             if not getattr(self, key) > 0:
                 raise setting_error(self, key, "must be positive")
-        for key in ("gan_weight", "recon_weight", "projection_weight", "epochs_constant", "epochs_decay",
-                    "sample_every_epochs"):  # fmt: skip
+        for key in ("gan_weight", "recon_weight", "projection_weight", "l1_weight", "reprojection_weight",
+                    "epochs_constant", "epochs_decay", "sample_every_epochs"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise setting_error(self, key, "must not be negative")
         if self.epochs < 1:
@@ -116,6 +137,7 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint_every_steps",
         "keep_every_epochs",
         "max_steps",
+        "max_minutes",
         "val_every_epochs",
         "sample_every_epochs",
         "progress",

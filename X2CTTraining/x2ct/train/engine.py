@@ -19,7 +19,8 @@ The engine owns everything else, the same way for every kind of model:
   Logs, checkpoints and exports come from rank 0; the ranks' random states are gathered into every
   checkpoint, and a checkpoint refuses replicas that differ.
 * **checkpoints and resume**: ``RUN/checkpoints/last.pt`` (atomic, loads with ``weights_only=True``)
-  after every epoch, every ``checkpoint_every_steps`` steps and when ``max_steps`` stops the run. It
+  after every epoch, every ``checkpoint_every_steps`` steps and when ``max_steps`` (or the time budget
+  ``max_minutes``) stops the run. It
   holds the trainer's state, the AMP scalers, every rank's torch/CUDA/numpy/python random state, the
   data order of the epoch in progress, the best weights so far and the history, so a run
   interrupted after any checkpoint and resumed ends with the same weights, bit for bit, as an
@@ -240,6 +241,7 @@ class RunSettings:
     checkpoint_every_steps: int
     keep_every_epochs: int
     max_steps: int
+    max_minutes: float
     val_every_epochs: int
     progress: bool
     tensorboard: str
@@ -608,7 +610,7 @@ class _Engine:
         bar = tqdm(total=total_steps, initial=self.global_step, desc=f"train {trainer.description}", unit="step",
                    disable=not (s.progress and context.is_main), dynamic_ncols=True)  # fmt: skip
         losses: Dict[str, float] = {}
-        stopped = bool(s.max_steps) and self.global_step >= s.max_steps
+        stopped = self._should_stop()
         try:
             while epoch < s.epochs and not stopped:
                 epoch_scalars = trainer.begin_epoch(epoch)
@@ -631,7 +633,7 @@ class _Engine:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, **{k: f"{losses[k]:.4f}" for k in keys if k in losses})
                     done_epoch = b + 1 == len(plan)
-                    stopped = bool(s.max_steps) and self.global_step >= s.max_steps
+                    stopped = self._should_stop()
                     every = s.checkpoint_every_steps
                     if not done_epoch and (stopped or (every and self.global_step % every == 0)):
                         self._checkpoint(epoch, b + 1, order)
@@ -688,6 +690,17 @@ class _Engine:
                      f"model in {result.model_dir}")  # fmt: skip
         dist_.barrier(context)
         return result
+
+    def _should_stop(self) -> bool:
+        """True once ``max_steps`` steps are done or ``max_minutes`` of training time have passed (rank 0's
+        clock decides, so that every rank stops after the same step)."""
+        s = self.settings
+        if s.max_steps and self.global_step >= s.max_steps:
+            return True
+        if not s.max_minutes:
+            return False
+        over = self.seconds + (time.perf_counter() - self.started) >= 60.0 * s.max_minutes
+        return bool(dist_.gather(over, self.context)[0])
 
     def _mean_losses(self, losses: Mapping[str, float], local: int, total: int) -> Dict[str, float]:
         """The step's losses as means over the global batch (each rank's mean weighted by its share)."""

@@ -26,7 +26,7 @@ Resume: running again on the same ``OUT`` continues from ``checkpoints/last.pt``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,12 +34,13 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..data.layout import read_manifest
-from ..data.loader import CaseDataset, collate, generator_sizes
+from ..data.loader import CaseDataset, case_attributes, collate, generator_sizes
+from ..drr_geometry import DRRGeometry
 from ..errors import InputError
 from ..losses import LossWeights, discriminator_loss, generator_loss
-from ..models.x2ct_gan import GeneratorConfig, PatchDiscriminator3D, X2CTBiplanar, X2CTSingleView
-from ..views import CT_KEY, LATERAL_KEY, PA_KEY
-from .config import SETTINGS, TrainConfig, config_from_dict
+from ..models.x2ct_gan import PatchDiscriminator3D
+from ..views import CT_KEY, LATERAL, LATERAL_KEY, PA, PA_KEY
+from .config import SETTINGS, TrainConfig
 from .engine import (
     Log,
     RunRecord,
@@ -61,10 +62,27 @@ INIT_STD = 0.02
 """Official initialisation: every Conv*/Linear weight ~ N(0, 0.02), biases 0 (``init_net`` 'normal')."""
 
 
-def build_generator(config: TrainConfig) -> nn.Module:
-    """The generator a config describes (untrained weights, default PyTorch init)."""
-    gconfig = GeneratorConfig(grid_size=config.grid_size, width=config.width, dropout=config.dropout)
-    return X2CTBiplanar(gconfig) if config.views == 2 else X2CTSingleView(gconfig)
+def network_of(config: TrainConfig, drr_geometry: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """(architecture, network config) of the generator a run trains. ``drr_geometry``: the training data's
+    ``sad_mm``, ``sid_mm`` and ``detector_mm``, which a back-projection generator is built for."""
+    if config.architecture == "x2ct_gan":
+        name = "x2ct_gan_biplanar" if config.views == 2 else "x2ct_gan_singleview"
+        return name, {"grid_size": config.grid_size, "width": config.width, "dropout": config.dropout}
+    options: Dict[str, Any] = {"grid_size": config.grid_size, "views": config.views}
+    if config.architecture == "bp_unet":
+        options.update({k: float(drr_geometry[k]) for k in ("sad_mm", "sid_mm", "detector_mm") if k in drr_geometry})
+    return config.architecture, {**options, **config.arch_options}
+
+
+def build_network(architecture: str, network_config: Mapping[str, Any]) -> nn.Module:
+    """An untrained generator (X2CT-GAN with the official initialisation); InputError for a bad config."""
+    from ..models.checkpoints import build_generator
+
+    try:
+        net = build_generator(architecture, network_config)
+    except ValueError as err:
+        raise InputError(None, f"setting architecture={architecture!r} / arch_options: {err}") from None
+    return init_weights(net) if architecture.startswith("x2ct_gan") else net
 
 
 def init_weights(net: nn.Module, std: float = INIT_STD) -> nn.Module:
@@ -79,10 +97,11 @@ def init_weights(net: nn.Module, std: float = INIT_STD) -> nn.Module:
 
 def generator_from_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """The generator of a training checkpoint, on ``device``, in eval mode."""
-    state = load_checkpoint(path, CHECKPOINT_FORMAT, device)
     from ..models.checkpoints import describe_generator
 
-    net = build_generator(config_from_dict(state["config"]))
+    state = load_checkpoint(path, CHECKPOINT_FORMAT, device)
+    network = state["trainer"]["network"]
+    net = build_network(network["architecture"], network["config"])
     net.load_state_dict(state["trainer"]["G"])
     source = {"kind": "x2ct training checkpoint", "file": str(path), "global_step": state["global_step"]}
     net.metadata = describe_generator(net, source=source, path=str(path))
@@ -144,7 +163,13 @@ class GeneratorTrainer(Trainer):
                 self.val_set = CaseDataset(self.data, config.val_split, sizes, cache=config.cache)
             except InputError as err:
                 self.notes.append(f"no validation: {err}")
-        self.weights_of_losses = LossWeights(config.gan_weight, config.recon_weight, config.projection_weight)
+        self.weights_of_losses = LossWeights(
+            config.gan_weight, config.recon_weight, config.projection_weight, config.l1_weight,
+            config.reprojection_weight,
+        )  # fmt: skip
+        build = case_attributes(self.train_set.case_file(0))
+        self.geometry = DRRGeometry(**{k: float(build[k]) for k in ("sad_mm", "sid_mm", "detector_mm") if k in build})
+        self.network = network_of(config, build)
 
     @property
     def description(self) -> str:
@@ -164,33 +189,50 @@ class GeneratorTrainer(Trainer):
     def setup(self, device: torch.device, wrap: Wrap) -> None:
         config = self.config
         self.device = device
-        self.G_raw = init_weights(build_generator(config)).to(device)
-        self.D_raw = init_weights(PatchDiscriminator3D(views=config.views, ndf=config.ndf)).to(device)
-        # The official generator holds layers its forward never uses (kept so official weights load strictly).
-        self.G, self.D = wrap(self.G_raw, find_unused_parameters=True), wrap(self.D_raw)
-        betas = (config.beta1, config.beta2)
-        self.opt_G = torch.optim.Adam(self.G_raw.parameters(), lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D_raw.parameters(), lr=config.lr, betas=betas)
+        self.G_raw = build_network(*self.network).to(device)
+        if hasattr(self.G_raw, "set_prior") and getattr(self.G_raw, "prior", None) is not None:
+            self.G_raw.set_prior(self.mean_training_ct())
+        # The official +B generator holds layers its forward never uses (kept so official weights load strictly).
+        self.G = wrap(self.G_raw, find_unused_parameters=True) if self._trains(self.G_raw) else self.G_raw
+        self.D_raw: Optional[nn.Module] = None
+        if config.gan_weight > 0:
+            self.D_raw = init_weights(PatchDiscriminator3D(views=config.views, ndf=config.ndf)).to(device)
+        self.D = wrap(self.D_raw) if self.D_raw is not None else None
+        self._optimizers = {name: self._optimizer(net) for name, net in self.networks().items() if self._trains(net)}
+
+    @staticmethod
+    def _trains(net: nn.Module) -> bool:
+        return any(p.requires_grad for p in net.parameters())
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        config = self.config
+        kind = torch.optim.NAdam if config.optimizer == "nadam" else torch.optim.Adam
+        return kind(net.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+
+    def mean_training_ct(self) -> torch.Tensor:
+        """The voxel-wise mean of the training split's CTs on the unit scale, (S, S, S): the prior and template."""
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(len(self.train_set)):
+            total = total + self.train_set[i].images[CT_KEY][0].double()
+        return (total / len(self.train_set)).float()
 
     def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
-        return {"G": self.opt_G, "D": self.opt_D}
+        return dict(self._optimizers)
 
     def networks(self) -> Dict[str, nn.Module]:
-        return {"G": self.G_raw, "D": self.D_raw}
+        return {"G": self.G_raw} if self.D_raw is None else {"G": self.G_raw, "D": self.D_raw}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {
-            "G": self.G_raw.state_dict(),
-            "D": self.D_raw.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-        }
+        state: Dict[str, Any] = {name: net.state_dict() for name, net in self.networks().items()}
+        state.update({f"opt_{name}": opt.state_dict() for name, opt in self._optimizers.items()})
+        state["network"] = {"architecture": self.network[0], "config": self.network[1]}
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.G_raw.load_state_dict(state["G"])
-        self.D_raw.load_state_dict(state["D"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
+        for name, opt in self._optimizers.items():
+            opt.load_state_dict(state[f"opt_{name}"])
 
     def weights(self) -> Dict[str, torch.Tensor]:
         return self.G_raw.state_dict()
@@ -200,11 +242,11 @@ class GeneratorTrainer(Trainer):
 
     def begin_epoch(self, epoch: int) -> Dict[str, float]:
         lr = self.config.lr * self.config.lr_factor(epoch)
-        for opt in (self.opt_G, self.opt_D):
+        for opt in self._optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
-        self.G.train()
-        self.D.train()
+        for net in self.networks().values():
+            net.train()
         return {"lr": lr}
 
     def step(self, indices: Sequence[int], context: StepContext) -> Dict[str, float]:
@@ -212,19 +254,24 @@ class GeneratorTrainer(Trainer):
         pa, lateral, ct = batch.images[PA_KEY], batch.images.get(LATERAL_KEY), batch.images[CT_KEY]
         with context.autocast():
             fake = self.G(pa, lateral)
-        # G step, D frozen (the unwrapped D: it takes no step here, so no gradients to synchronise)
-        self.D_raw.requires_grad_(False)
-        with context.autocast():
-            d_fake = self.D_raw(fake, pa, lateral)
-        g_terms = generator_loss(context.full(d_fake), context.full(fake), ct, self.weights_of_losses)
-        context.optimize("G", g_terms["g_total"])
-        # D step on the same (detached) fake
-        self.D_raw.requires_grad_(True)
-        with context.autocast():
-            d_real, d_fake = self.D(ct, pa, lateral), self.D(fake.detach(), pa, lateral)
-        d_terms = discriminator_loss(context.full(d_real), context.full(d_fake), self.weights_of_losses)
-        context.optimize("D", d_terms["d_total"])
-        return {k: v.item() for k, v in {**g_terms, **d_terms}.items()}
+        d_fake = None
+        if self.D_raw is not None:  # G step with D frozen (the unwrapped D takes no step, so nothing to synchronise)
+            self.D_raw.requires_grad_(False)
+            with context.autocast():
+                d_fake = context.full(self.D_raw(fake, pa, lateral))
+        radiographs = {PA: pa} if lateral is None else {PA: pa, LATERAL: lateral}
+        g_terms = generator_loss(d_fake, context.full(fake), ct, self.weights_of_losses, radiographs, self.geometry)
+        if "G" in self._optimizers:
+            context.optimize("G", g_terms["g_total"])
+        losses = {k: v.item() for k, v in g_terms.items()}
+        if self.D is not None and self.D_raw is not None:  # D step on the same (detached) fake
+            self.D_raw.requires_grad_(True)
+            with context.autocast():
+                d_real, d_fake = self.D(ct, pa, lateral), self.D(fake.detach(), pa, lateral)
+            d_terms = discriminator_loss(context.full(d_real), context.full(d_fake), self.weights_of_losses)
+            context.optimize("D", d_terms["d_total"])
+            losses.update({k: v.item() for k, v in d_terms.items()})
+        return losses
 
     @torch.no_grad()
     def validate(self) -> Optional[Validation]:

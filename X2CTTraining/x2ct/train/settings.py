@@ -148,7 +148,8 @@ class Settings(Generic[Config]):
                 )
 
 
-ENGINE_COUNTS = ("threads", "checkpoint_every_steps", "keep_every_epochs", "max_steps", "val_every_epochs")
+ENGINE_COUNTS = ("threads", "checkpoint_every_steps", "keep_every_epochs", "max_steps", "max_minutes",
+                 "val_every_epochs")  # fmt: skip
 """Settings of the training engine (x2ct.train.engine.RunSettings) that count something and may be 0 (= off)."""
 
 
