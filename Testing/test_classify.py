@@ -490,9 +490,9 @@ def test_compare_needs_the_same_cases(data, labels, straight_run, tmp_path):
 
 
 def test_missing_eval_extra_is_one_line(data, labels, straight_run, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "statsmodels", None)  # import statsmodels now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     code, _, stderr = run_cli(*evaluate_args(straight_run / "model", data, labels, tmp_path / "eval"))
-    assert code == 2 and "needs the eval extra" in one_error_line(stderr) and "statsmodels" in stderr
+    assert code == 2 and "needs the eval extra" in one_error_line(stderr) and "matplotlib" in stderr
     assert not (tmp_path / "eval").exists()
 
 

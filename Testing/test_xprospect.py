@@ -262,3 +262,11 @@ def test_saved_models_round_trip(tmp_path):
         with torch.no_grad():
             assert torch.equal(loaded(*images), net(*images))
         assert loaded.metadata.architecture == net.architecture and loaded.metadata.views == net.views
+
+
+def test_a_time_budget_ends_the_run_and_exports_the_model(data, tmp_path):
+    out = tmp_path / "budget"
+    code, stdout, stderr = run_cli(*train_args(data, out, *BP, "max_minutes=0.00001", "epochs_constant=50"))
+    assert code == 0 and "spent the 1e-05 min budget (1 steps" in stderr, stderr
+    meta = json.loads((out / "model" / "model.json").read_text())
+    assert meta["training"]["steps"] == 1 and meta["training"]["time_budget_minutes"] == 0.00001

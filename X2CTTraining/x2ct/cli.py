@@ -108,6 +108,23 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lesion_check(args: argparse.Namespace) -> int:
+    from .evaluate.lesion_check import CLEAR_RISE_HU, LOBES, check_lesions
+
+    results = check_lesions(args.model, args.lobe or tuple(LOBES), args.diameter_mm, args.seed, args.ct, args.labels,
+                            args.device)  # fmt: skip
+    if args.json:
+        _print_json({"results": [r.to_dict() for r in results], "clear_rise_hu": CLEAR_RISE_HU})
+        return 0
+    for r in results:
+        verdict = "shows" if r.shows else ("misplaced" if not r.in_place else "too faint")
+        print(f"lobe {r.lobe} ({r.lobe_name}): {r.diameter_mm:g} mm lesion, largest rise {r.distance_mm:.1f} mm "
+              f"from its centre, {r.rise_hu:+.0f} HU (real {r.real_rise_hu:+.0f} HU): {verdict}")  # fmt: skip
+    print(f"{sum(r.shows for r in results)}/{len(results)} lesions show (in place within one diameter, "
+          f"rise >= {CLEAR_RISE_HU:g} HU)")
+    return 0
+
+
 def cmd_migrate_model(args: argparse.Namespace) -> int:
     from .models.metadata import migrate_file
 
@@ -225,10 +242,13 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_generator(args: argparse.Namespace) -> int:
-    from .evaluate.generator import evaluate_generator, headline
+    from .evaluate.generator import evaluate_generator, headline, lesion_headline
 
     csv_path, json_path, document = evaluate_generator(args.model, args.data, args.output, args.split, args.device)
     print(headline(document))
+    lesions = lesion_headline(document)
+    if lesions is not None:
+        print(lesions)
     print(f"wrote {csv_path} and {json_path}")
     return 0
 
@@ -408,6 +428,28 @@ def add_convert_checkpoint(sub: Commands) -> None:
     p.add_argument("input", help="official *_net_G.pth (a dict with state_dict) or one of ours")
     p.add_argument("output", help="OUT.safetensors (JSON written beside it) or a folder")
     p.set_defaults(func=cmd_convert_checkpoint)
+
+
+def add_lesion_check(sub: Commands) -> None:
+    p = sub.add_parser(
+        "lesion-check",
+        help="paint a solid lesion into a lung lobe, render DRRs and see whether a generator's CT shows it",
+        description="For each lobe: a solid sphere (default 25 mm, 40 HU) painted into the bundled chest CT (or "
+        "--ct with --labels), PA and lateral DRRs rendered as the data-set builder renders them, the generator run "
+        "with and without the lesion; reports where the synthetic CT rises most (distance to the painted centre) "
+        "and by how many HU. See docs/generator_comparison.md.",
+        parents=[device_option("auto")],
+    )
+    p.add_argument("--model", metavar="NAME|PATH", required=True, help="generator: bundled name or model folder")
+    p.add_argument("--lobe", type=int, action="append", metavar="ID",
+                   help="TotalSegmentator lobe id, repeatable: 10 left upper, 11 left lower, 12 right upper, "
+                   "13 right middle, 14 right lower (default: all five)")  # fmt: skip
+    p.add_argument("--diameter-mm", type=float, default=25.0, help="lesion diameter in mm (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the lesion positions (default 0)")
+    p.add_argument("--ct", metavar="CT", help="your own CT instead of the bundled one (needs --labels)")
+    p.add_argument("--labels", metavar="LABELS", help="its TotalSegmentator-style label map")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_lesion_check)
 
 
 def add_migrate_model(sub: Commands) -> None:
@@ -621,6 +663,7 @@ COMMANDS: Sequence[Callable[[Commands], None]] = (
     add_predict,
     add_train_generator,
     add_evaluate_generator,
+    add_lesion_check,
     add_synthesize_ct,
     add_train_classifier,
     add_evaluate_classifier,

@@ -43,7 +43,7 @@ from .tasks import Task, get_task
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 ROC = "roc.png"
-EVAL_EXTRA = ("sklearn", "statsmodels", "matplotlib")
+EVAL_EXTRA = ("sklearn", "matplotlib")
 """Packages of the optional ``eval`` extra."""
 
 CAM_HIT_DEFINITION = (

@@ -15,10 +15,12 @@ and V01 (one per negative case) come from midranks, in O(n log n) instead of the
 between a positive and a negative score counts 1/2, so the AUC equals the Mann-Whitney statistic and
 scikit-learn's ``roc_auc_score``. It is written here with numpy because no maintained Python package provides it
 (pROC, the reference implementation, is R only; scikit-learn and statsmodels have no DeLong variance). The DeLong
-functions need numpy only.
+functions need numpy only, and so does the Wilson interval (a closed form; it is also what
+``x2ct evaluate-generator``'s lesion metrics use, which must run without the extra).
 
-The other functions need the optional ``eval`` extra (scikit-learn, statsmodels, matplotlib), imported when they
-are called, so that importing this module never needs it; a missing package raises a one-line ``RuntimeError``.
+Youden's threshold and the ROC plot need the optional ``eval`` extra (scikit-learn, matplotlib), imported when they
+are called, so that importing this module never needs it; a missing package raises a one-line
+:class:`x2ct.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -243,18 +245,24 @@ def youden_threshold(y_true, scores) -> float:
 
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> Tuple[float, float]:
-    """Wilson score interval ``(low, high)`` for a proportion ``successes / n`` (statsmodels' ``wilson``).
+    """Wilson score interval ``(low, high)`` for a proportion ``successes / n`` (Wilson 1927), clipped to [0, 1].
 
-    Raises ValueError when ``n < 1`` or ``successes`` is not an integer in [0, n].
+    With p = successes / n and z the normal quantile of ``1 - alpha/2``: centre (p + z²/2n) / (1 + z²/n),
+    half-width z·sqrt(p(1 - p)/n + z²/4n²) / (1 + z²/n); the same numbers as statsmodels'
+    ``proportion_confint(method="wilson")``. Raises ValueError when ``n < 1`` or ``successes`` is not an integer
+    in [0, n].
     """
     if int(successes) != successes or int(n) != n:
         raise ValueError(f"successes and n must be integers, got {successes} and {n}")
     successes, n = int(successes), int(n)
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    proportion = _require("statsmodels.stats.proportion", "wilson_interval")
-    low, high = proportion.proportion_confint(successes, n, alpha=_check_alpha(alpha), method="wilson")
-    return float(low), float(high)
+    z2 = _z_quantile(alpha) ** 2
+    p = successes / n
+    denominator = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denominator
+    half = math.sqrt(z2 * (p * (1.0 - p) / n + z2 / (4.0 * n * n))) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def binary_metrics(y_true, scores, threshold: float, alpha: float = 0.05) -> Dict[str, Dict[str, Optional[float]]]:

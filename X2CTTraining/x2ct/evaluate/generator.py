@@ -8,6 +8,12 @@ the same way). Both go to HU (``2500·unit − 1024``) and into
 :func:`x2ct.evaluate.image_metrics.case_metrics`, so every column is the one docs/metric_protocol.md
 declares. Writes ``metrics_per_case.csv`` and ``metrics_summary.json`` (protocol, statistics, plus the
 model, data and split that produced them).
+
+When evaluated cases hold lesion masks (synthetic benchmarks, ``lesions/<kind>``), the same two HU volumes
+and the masks also go to :func:`x2ct.evaluate.lesion_metrics.measure_case`: ``lesions_per_lesion.csv`` gets
+one row per lesion and the summary a ``lesions`` section (docs/metric_protocol.md, "Lesion metrics").
+Without masks (real CT data sets) neither appears, and a ``lesions_per_lesion.csv`` left in ``out`` by an
+earlier evaluation is removed, so the folder describes one evaluation.
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
-from ..data.loader import CaseDataset, collate, generator_sizes
-from ..errors import PathLike
+from ..data.loader import CaseDataset, collate, generator_sizes, read_lesions
+from ..data.synthetic import LESION_KINDS
+from ..errors import InputError, PathLike
+from ..geometry import GRID_SIZES
 from ..inference.run import run_generator
 from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..views import CT_KEY, LATERAL, PA
+from . import lesion_metrics
 from .image_metrics import case_metrics, write_metrics
 
 TRAIN_CHECKPOINT_SUFFIX = ".pt"
@@ -60,6 +69,18 @@ def _grid(net: nn.Module) -> int:
     return int(getattr(config, "grid_size", 128))
 
 
+def _case_masks(path: Path) -> Dict[str, np.ndarray]:
+    """The non-empty lesion masks of a case file (kind -> (n, n, n) bool on the stored grid); empty without any.
+    InputError for a mask that is not a cube of a canonical grid size."""
+    lesions = read_lesions(path, LESION_KINDS)
+    masks = {} if lesions is None else lesions.masks
+    for kind, mask in masks.items():
+        if mask.ndim != 3 or len(set(mask.shape)) != 1 or mask.shape[0] not in GRID_SIZES:
+            edges = ", ".join(str(n) for n in GRID_SIZES)
+            raise InputError(path, f"lesions/{kind} has shape {mask.shape}, expected a cube with edges of {edges}")
+    return masks
+
+
 @torch.no_grad()
 def evaluate_generator(
     model: Union[str, PathLike, nn.Module],
@@ -72,8 +93,9 @@ def evaluate_generator(
 ) -> Tuple[Path, Path, Dict[str, Any]]:
     """Score ``model`` on ``split`` of the data set ``data``; write the CSV and JSON into ``out``.
 
-    Returns (csv path, json path, summary document). Raises :class:`InputError` for a bad data
-    folder, an empty split or a model that cannot be loaded.
+    Returns (csv path, json path, summary document). When the cases hold lesion masks, also writes
+    ``out/lesions_per_lesion.csv`` and puts a ``lesions`` section in the document (module doc). Raises
+    :class:`InputError` for a bad data folder, an empty split or a model that cannot be loaded.
     """
     from ..models.checkpoints import resolve_device
 
@@ -83,6 +105,7 @@ def evaluate_generator(
     dataset = CaseDataset(data, split, generator_sizes(_grid(net), _views(net)), cache=False)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rows: List[Dict[str, Any]] = []
+    lesions: List[lesion_metrics.Lesion] = []
     for i in tqdm(range(count), desc=f"evaluate {split}", unit="case", disable=not progress, dynamic_ncols=True):
         batch = collate([dataset[i]], device)
         pred = run_generator(net, batch.images).clamp(0, 1).cpu().numpy()[0, 0]
@@ -90,7 +113,15 @@ def evaluate_generator(
         pred_hu = pred * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
         gt_hu = gt * np.float32(UNIT_RANGE) - np.float32(HU_OFFSET)
         rows.append(case_metrics(batch.case_ids[0], pred_hu, gt_hu))
+        masks = _case_masks(dataset.case_file(i))
+        if masks:
+            lesions.extend(lesion_metrics.measure_case(batch.case_ids[0], gt_hu, pred_hu, masks))
     csv_path, json_path = write_metrics(rows, out)
+    lesions_path = Path(os.fspath(out)) / lesion_metrics.CSV_NAME
+    if lesions:
+        write_text_atomic(lesions_path, lesion_metrics.lesions_csv(lesions))
+    else:
+        lesions_path.unlink(missing_ok=True)
     document = json.loads(json_path.read_text(encoding="utf-8"))
     metadata = getattr(net, "metadata", None)
     document["model"] = {
@@ -102,6 +133,9 @@ def evaluate_generator(
     folder = str(Path(os.fspath(data)).resolve())
     document["data"] = {"folder": folder, "split": split, "cases": dataset.case_ids[:count]}
     document["device"] = str(device)
+    if lesions:
+        summary = lesion_metrics.summarize_lesions(lesions)
+        document["lesions"] = lesion_metrics.summary_section(summary, _grid(net))
     write_text_atomic(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     return csv_path, json_path, document
 
@@ -122,4 +156,23 @@ def headline(document: Dict[str, Any]) -> str:
     )
 
 
-__all__ = ["evaluate_generator", "headline", "load_model"]
+def lesion_headline(document: Dict[str, Any]) -> Optional[str]:
+    """One line with the main lesion numbers of a summary document, or None when it has no ``lesions`` section."""
+    section = document.get("lesions")
+    if section is None:
+        return None
+    pool = section["overall"]
+    usable, total = pool["n_usable"], pool["n_lesions"]
+    minimum = section["constants"]["min_real_contrast_hu"]
+    where = f"{usable} of {total} with |real contrast| >= {minimum:g} HU ({document['data']['split']} split)"
+    if not usable:
+        return f"lesions: {where}"
+    mean, low, high = (pool[f"relative_contrast_{k}"] for k in ("mean", "ci_low", "ci_high"))
+    ci = "[CI needs 2 cases]" if low is None else f"[{low:.2f}, {high:.2f}]"
+    return (
+        f"lesions: {where}, relative contrast {mean:.2f} {ci}, {pool['n_show']}/{usable} show "
+        f"(synthetic contrast >= {section['constants']['shows_fraction']:.0%} of the real one)"
+    )
+
+
+__all__ = ["evaluate_generator", "headline", "lesion_headline", "load_model"]

@@ -19,12 +19,14 @@ The engine owns everything else, the same way for every kind of model:
   Logs, checkpoints and exports come from rank 0; the ranks' random states are gathered into every
   checkpoint, and a checkpoint refuses replicas that differ.
 * **checkpoints and resume**: ``RUN/checkpoints/last.pt`` (atomic, loads with ``weights_only=True``)
-  after every epoch, every ``checkpoint_every_steps`` steps and when ``max_steps`` (or the time budget
-  ``max_minutes``) stops the run. It
+  after every epoch, every ``checkpoint_every_steps`` steps and when ``max_steps`` stops the run. It
   holds the trainer's state, the AMP scalers, every rank's torch/CUDA/numpy/python random state, the
   data order of the epoch in progress, the best weights so far and the history, so a run
   interrupted after any checkpoint and resumed ends with the same weights, bit for bit, as an
   uninterrupted one (same device, world size, thread count and library versions).
+* **time budget**: ``max_minutes`` ends the run after the step that spends it (rank 0's clock decides)
+  and exports the model as it is then, for comparisons at equal compute; where it stops depends on
+  the clock, so such a run is not reproducible bit for bit.
 * **validation and model selection**: every ``val_every_epochs`` epochs; a trainer whose validation
   returns a score gets its best-scoring weights exported (ties: the earlier epoch).
 * **logging**: a progress bar, ``RUN/scalars.csv`` (step,tag,value), TensorBoard
@@ -278,6 +280,8 @@ class RunRecord:
     threads: int
     best_epoch: Optional[int]
     best_metrics: Dict[str, float]
+    time_budget_minutes: Optional[float] = None
+    """Set when the run ended because its ``max_minutes`` budget was spent (the model is the one at that step)."""
 
     @property
     def global_batch(self) -> int:
@@ -294,6 +298,7 @@ class RunRecord:
             "world_size": self.world_size,
             "batch_per_rank": self.batch_per_rank,
             "global_batch": self.global_batch,
+            **({} if self.time_budget_minutes is None else {"time_budget_minutes": self.time_budget_minutes}),
             "x2ct_version": __version__,
             "torch_version": torch.__version__,
         }
@@ -504,6 +509,7 @@ class _Engine:
     def __init__(self, trainer: Trainer, settings: RunSettings, resume: Optional[bool], log: Log) -> None:
         self.trainer, self.settings, self.log = trainer, settings, log
         self.resume = resume
+        self.budget_spent = False
 
     def run(self) -> TrainResult:
         device = resolve_device(self.settings.device)
@@ -664,7 +670,7 @@ class _Engine:
         if context.is_main:
             record = {"run": trainer.description, "epochs": self.history, "selected_epoch": self.best["epoch"]}
             write_text_atomic(out / HISTORY, json.dumps(record, indent=2) + "\n")
-        finished = epoch >= s.epochs
+        finished = epoch >= s.epochs or self.budget_spent
         result = TrainResult(out, self.global_step, epoch, finished, self.seconds, losses, self.best["epoch"],
                              dict(self.best["metrics"]), rank=context.rank)  # fmt: skip
         if not finished:
@@ -683,11 +689,12 @@ class _Engine:
             threads=torch.get_num_threads(),
             best_epoch=self.best["epoch"],
             best_metrics=dict(self.best["metrics"]),
+            time_budget_minutes=s.max_minutes if self.budget_spent else None,
         )
         if context.is_main:
             result.model_dir = trainer.export(run)
-            self.log(f"finished {s.epochs} epochs ({self.global_step} steps, {self.seconds / 60:.1f} min); "
-                     f"model in {result.model_dir}")  # fmt: skip
+            done = f"finished {s.epochs} epochs" if epoch >= s.epochs else f"spent the {s.max_minutes:g} min budget"
+            self.log(f"{done} ({self.global_step} steps, {self.seconds / 60:.1f} min); model in {result.model_dir}")
         dist_.barrier(context)
         return result
 
@@ -700,7 +707,8 @@ class _Engine:
         if not s.max_minutes:
             return False
         over = self.seconds + (time.perf_counter() - self.started) >= 60.0 * s.max_minutes
-        return bool(dist_.gather(over, self.context)[0])
+        self.budget_spent = bool(dist_.gather(over, self.context)[0])
+        return self.budget_spent
 
     def _mean_losses(self, losses: Mapping[str, float], local: int, total: int) -> Dict[str, float]:
         """The step's losses as means over the global batch (each rank's mean weighted by its share)."""
