@@ -1,6 +1,7 @@
 """The demo's outputs reduced to what must not change when the code is reorganised.
 
-``snapshot(demo_dir)`` reads an ``x2ct demo`` folder and returns, per run (biplanar, singleview):
+``snapshot(demo_dir)`` reads an ``x2ct demo`` folder and returns, per run (:data:`RUNS`: each sample case
+with the biplanar and the single-view model):
 
 * ``synthetic_ct``: the sha256 of the int16 voxels of ``synthetic_ct.nrrd`` with their shape, spacing,
   origin, direction and the x2ct header entries, plus a summary that survives tiny rounding
@@ -33,7 +34,8 @@ import numpy as np
 import SimpleITK as sitk
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "demo_golden.json"
-RUNS = ("biplanar", "singleview")
+RUNS = tuple(f"{case}/{model}" for case in ("healthy", "tb") for model in ("biplanar", "singleview"))
+"""The demo's runs: sample case / model folder."""
 TISSUE_HU = -500
 """Voxels above this (HU) are counted in ``voxels_above_minus500_hu``."""
 

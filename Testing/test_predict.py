@@ -46,6 +46,7 @@ def make_resources(root: Path) -> Path:
     """Fill ``root`` as a Resources folder: the sample radiographs and tiny models named like the demo models."""
     (root / "SampleData").mkdir()
     (root / "SampleData" / "radiographs").symlink_to(RADIOGRAPHS)
+    (root / "SampleData" / "radiographs_tb").symlink_to(RADIOGRAPHS.parent / "radiographs_tb")
     for kind in ("biplanar", "singleview"):
         save_tiny(kind, root / "Models" / f"x2ct-demo-{kind}")
     return root
@@ -247,14 +248,19 @@ def test_manifest_without_needed_columns_is_refused(resources: Path, tmp_path: P
 # Demo
 
 
-def test_demo_runs_both_models_on_the_sample_radiographs(resources: Path, tmp_path: Path, capsys):
+def test_demo_runs_both_models_on_both_sample_cases(resources: Path, tmp_path: Path, capsys):
     out = tmp_path / "x2ct-demo"
     status, stdout, _ = run(["demo", "-o", str(out), "--device", "cpu"], capsys)
-    assert status == 0 and "consistency" in stdout
+    assert status == 0 and "consistency" in stdout and "[5/5]" in stdout
     summary = json.loads((out / "demo.json").read_text())
-    assert set(summary["runs"]) == {"biplanar", "singleview"}
-    for folder in ("biplanar", "singleview"):
-        assert (out / folder / "synthetic_ct.nrrd").is_file() and (out / folder / "report.png").is_file()
+    assert set(summary["cases"]) == {"healthy", "tb"}
+    for case in ("healthy", "tb"):
+        assert set(summary["cases"][case]["runs"]) == {"biplanar", "singleview"}
+        for folder in ("biplanar", "singleview"):
+            assert (out / case / folder / "synthetic_ct.nrrd").is_file() and (out / case / folder / "report.png").is_file()
+    assert summary["cases"]["healthy"]["lesions"] is None
+    assert {x["kind"] for x in summary["cases"]["tb"]["lesions"]} == {"cavity", "consolidation"}
+    assert (out / "report.png").is_file()
 
 
 def test_demo_without_bundled_models_fails_with_one_line_naming_the_model(tmp_path: Path, capsys, monkeypatch):

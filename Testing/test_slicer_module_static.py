@@ -517,8 +517,12 @@ def test_top_level_cmake_bundles_models_and_sample_radiographs_where_x2ct_looks(
     # x2ct.resources looks three folders above x2ct/resources.py: X2CTReconLib/bundled/x2ct -> X2CTReconLib.
     resources_py = REPO / "X2CTTraining" / "x2ct" / "resources.py"
     assert "parents[2]" in resources_py.read_text()
-    for item in ("Resources/Models", "Resources/SampleData/radiographs"):
+    for item in ("Resources/Models", "Resources/SampleData/radiographs", "Resources/SampleData/radiographs_tb"):
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/{item}" in text and (REPO / item).is_dir(), item
+    from x2ct.demo import DEMO_CASES
+
+    for folder in DEMO_CASES.values():  # every sample case the demo reads ships
+        assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/Resources/SampleData/{folder}\n" in text, folder
     assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Classifiers" in text  # x2ct.inference.models.CLASSIFIERS_FOLDER
 
 

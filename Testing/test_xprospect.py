@@ -27,7 +27,7 @@ from x2ct.data.loader import CaseDataset, generator_sizes
 from x2ct.drr import normalize, project
 from x2ct.drr_geometry import DRRGeometry
 from x2ct.geometry import EXTENT_MM
-from x2ct.losses import LossWeights, absolute, generator_loss, reprojection
+from x2ct.losses import LossWeights, absolute, generator_loss, lesion_absolute, reprojection
 from x2ct.models import load_generator
 from x2ct.models.checkpoints import save_generator
 from x2ct.models.xprospect import (
@@ -70,6 +70,21 @@ def test_back_projection_is_the_adjoint_of_projection(view):
     assert left == pytest.approx(right, rel=1e-10)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_back_projection_and_bp_unet_match_cpu():
+    torch.manual_seed(0)
+    y = torch.rand(2, 1, 24, 24)
+    projector = BackProjector(LATERAL, 32, GEOMETRY)
+    on_gpu = projector(y.cuda())
+    assert on_gpu.is_cuda and torch.allclose(on_gpu.cpu(), projector(y), atol=1e-5)
+    model = BackProjectionUNet(BackProjectionConfig(grid_size=64, views=2, channels=(4, 8))).eval()
+    pa, lateral = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        expected = model(pa, lateral)
+        found = model.cuda()(pa.cuda(), lateral.cuda()).cpu()
+    assert torch.allclose(found, expected, atol=1e-4)
+
+
 def test_normalised_back_projection_keeps_the_radiograph_scale():
     projector = BackProjector(PA, 32, GEOMETRY)
     flat = projector(torch.full((1, 1, 32, 32), 0.7))
@@ -97,7 +112,7 @@ def test_two_views_meet_at_the_structure_both_see():
 
 VARIANTS = [
     ("bp_unet", lambda views: BackProjectionUNet(BackProjectionConfig(grid_size=64, views=views, channels=(4, 8)))),
-    ("bp_unet", lambda views: BackProjectionUNet(BackProjectionConfig(64, views, (4, 8), 1, prior=False))),
+    ("bp_unet", lambda views: BackProjectionUNet(BackProjectionConfig(64, views, (4, 8), 1, False, False))),
     ("dual_unet", lambda views: DenseUNetGenerator(DenseUNetConfig(64, views, 4, 8, levels=3, dense_units=64))),
     ("dual_unet", lambda views: DenseUNetGenerator(DenseUNetConfig(64, views, 4, 8, levels=4, dense_units=512))),
     ("template", lambda views: TemplateGenerator(TemplateConfig(64, views))),
@@ -270,3 +285,44 @@ def test_a_time_budget_ends_the_run_and_exports_the_model(data, tmp_path):
     assert code == 0 and "spent the 1e-05 min budget (1 steps" in stderr, stderr
     meta = json.loads((out / "model" / "model.json").read_text())
     assert meta["training"]["steps"] == 1 and meta["training"]["time_budget_minutes"] == 0.00001
+
+
+def test_lesion_loss_and_lesion_masks_of_the_cases(data, tmp_path):
+    fake, real = torch.zeros(1, 1, 6, 6, 6), torch.zeros(1, 1, 6, 6, 6)
+    real[0, 0, 1, 1, 1], fake[0, 0, 2, 2, 2], fake[0, 0, 4, 4, 4] = 0.5, 0.2, 0.9
+    mask = torch.zeros(1, 1, 6, 6, 6)
+    mask[0, 0, 1, 1, 1] = 1.0
+    # the lesion voxel and its 26 neighbours (one of them blurred to 0.2); the far voxel does not count
+    assert float(lesion_absolute(fake, real, mask)) == pytest.approx((0.5 + 0.2) / 27)
+    assert float(lesion_absolute(fake, real, torch.zeros_like(mask))) == 0.0
+    # the data set's lesion masks: the union of every kind, pooled onto the model's grid
+    from x2ct.data.loader import read_lesions
+    from x2ct.data.synthetic import LESION_KINDS
+
+    cases = CaseDataset(data, "all", generator_sizes(32, 1), lesions=True)
+    with_lesions = 0
+    for i in range(len(cases)):
+        item = cases[i]
+        stored = read_lesions(cases.case_file(i), LESION_KINDS)
+        assert item.lesions.shape == (1, 32, 32, 32)
+        if stored is None:
+            assert float(item.lesions.sum()) == 0.0
+            continue
+        with_lesions += 1
+        union = np.any(list(stored.masks.values()), axis=0)
+        pooled = union.reshape(32, 2, 32, 2, 32, 2).any(axis=(1, 3, 5))  # 64 -> 32: any of the 2x2x2 cell
+        assert np.array_equal(item.lesions[0].numpy() > 0, pooled)
+    assert with_lesions >= 1
+    # a lesion weight on cases that hold no mask is refused
+    bare = tmp_path / "bare"
+    import shutil
+
+    import h5py
+
+    shutil.copytree(data, bare)
+    for case in bare.glob("*/ct_xray_data.h5"):
+        with h5py.File(case, "a") as f:
+            if "lesions" in f:
+                del f["lesions"]
+    code, _, stderr = run_cli(*train_args(bare, tmp_path / "run", *BP, "lesion_weight=1"))
+    assert code == 2 and "lesion_weight needs lesion masks" in stderr

@@ -38,6 +38,7 @@ DOC = REPO / "docs" / "classifier_reproduction.md"
 RESULTS = REPO / "docs" / "classifier_reproduction.json"
 START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
 LOC_START, LOC_END = "<!-- localisation:start -->", "<!-- localisation:end -->"
+PAIRS_START, PAIRS_END = "<!-- views:start -->", "<!-- views:end -->"
 
 GENERATORS = {"S": "x2ct-demo-singleview", "B": "x2ct-demo-biplanar"}
 DENSENET_SMALL = {"init_features": 16, "growth_rate": 8, "block_config": [2, 2, 2, 2]}
@@ -77,6 +78,15 @@ LOCALISATION_SPLITS = ("test", "val")
 BASELINE = "xray_pa"
 SHORT_ROWS = ("xray_pa", "ct_b_2slice", "ct_b_xray_2slice", "ct_real_full")
 TASK_ROWS = {"tb": tuple(r.key for r in ROWS), "tb_type": SHORT_ROWS, "tb_activity": SHORT_ROWS, "pe": SHORT_ROWS}
+VIEW_PAIRS = (
+    ("ct_b_full", "ct_s_full"),
+    ("ct_b_2slice", "ct_s_2slice"),
+    ("ct_b_xray_full", "ct_s_xray_full"),
+    ("ct_b_xray_2slice", "ct_s_xray_2slice"),
+)
+"""Biplanar (+B) rows against their single-view (+S) twins, paired DeLong on the TB identification test cases."""
+RESOLUTION_ROW = "ct_b_xray_2slice"
+"""The row whose AUC difference to the X-ray (PA) baseline states the resolution of each task's test split."""
 TASK_TITLES = {
     "tb": "TB identification (healthy vs TB; seed Table 1)",
     "tb_type": "TB type, multi-label (granuloma, cavitation, calcification; seed Table 2)",
@@ -210,6 +220,53 @@ def localisation_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def view_pairs(work: Path) -> Dict[str, Any]:
+    """Paired DeLong tests of every :data:`VIEW_PAIRS` (a = +B, b = +S) on the TB identification test cases."""
+    from x2ct.classify.evaluate import read_evaluation
+    from x2ct.classify.tasks import get_task
+    from x2ct.evaluate.classifier_stats import delong_compare
+
+    task = get_task("tb")
+    results = {}
+    for biplanar, single in VIEW_PAIRS:
+        _, a = read_evaluation(work / "evals" / f"tb-{biplanar}", task)
+        _, b = read_evaluation(work / "evals" / f"tb-{single}", task)
+        cases = sorted(a)
+        column = task.columns[0]
+        labels = [a[c][f"{column}_label"] for c in cases]
+        result = delong_compare(labels, [a[c][column] for c in cases], [b[c][column] for c in cases])
+        results[f"{biplanar} vs {single}"] = {"a": biplanar, "b": single, "n": len(cases), **vars(result)}
+    return results
+
+
+def view_table(pairs: Dict[str, Any], by_key: Dict[str, Row]) -> List[str]:
+    lines = ["| biplanar (+B) row | single-view (+S) row | AUC +B | AUC +S | difference [95% CI] | paired DeLong p |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for record in pairs.values():
+        lines.append(
+            f"| {by_key[record['a']].label} | {by_key[record['b']].label} | {record['auc_a']:.2f} | "
+            f"{record['auc_b']:.2f} | {record['difference']:+.2f} [{record['ci_low']:+.2f}, {record['ci_high']:+.2f}] "
+            f"| {_p(record['p_value'])} |"
+        )
+    return lines
+
+
+def resolution(task: str, metrics: Dict[str, Dict[str, Any]]) -> str:
+    """One sentence: the test split's size and the half-width of the 95 % CI of the paired AUC difference between
+    :data:`RESOLUTION_ROW` and the X-ray (PA) row: differences larger than it are resolved."""
+    document = metrics[RESOLUTION_ROW]
+    parts = []
+    for output, record in document["outputs"].items():
+        comparison = (document.get("comparison") or {}).get("outputs", {}).get(output, {})
+        if comparison.get("ci_low") is None:
+            continue
+        half = (comparison["ci_high"] - comparison["ci_low"]) / 2.0
+        counts = record["counts"]
+        parts.append(f"{output}: {counts['n']} test cases ({counts['n_pos']} positive), ± {half:.2f}")
+    return ("Resolution (half-width of the 95% CI of the paired AUC difference, CT (+B) + X-ray 2 slices vs "
+            "X-ray (PA)): " + "; ".join(parts) + ".")  # fmt: skip
+
+
 def portable(text: str, work: Path) -> str:
     """``text`` with the working folder's paths written as WORK (its symlinked sub-folders' targets included),
     so the committed JSON names no machine's folders."""
@@ -231,7 +288,8 @@ def write_doc(block: str, start: str = START, end: str = END) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, synthetic CTs, runs)")
-    parser.add_argument("--cases", type=int, default=600, help="synthetic cases (default 600)")
+    parser.add_argument("--cases", type=int, default=1200, help="synthetic cases (default 1200)")
+    parser.add_argument("--split", default="0.6,0.1,0.3", help="train,val,test fractions (default 0.6,0.1,0.3)")
     parser.add_argument("--seed", type=int, default=11, help="synthetic benchmark seed (default 11)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per classifier (default 20)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3; see the doc)")
@@ -243,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = settings.work
     start = time.time()
     x2ct("build-dataset", "--synthetic-from", "sample", "--cases", str(settings.cases), "--seed", str(settings.seed),
-         "--size", "64", "--workers", "2", str(work / "data"))  # fmt: skip
+         "--split", settings.split, "--size", "64", "--workers", "2", str(work / "data"))  # fmt: skip
     for key, model in GENERATORS.items():
         x2ct("synthesize-ct", "--model", model, "--data", str(work / "data"), "-o", str(work / f"ct_{key}"))
     by_key = {row.key: row for row in ROWS}
@@ -259,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             evaluation = train_and_evaluate(work, task, row, settings)
             metrics[row.key] = json.loads((evaluation / "metrics.json").read_text(encoding="utf-8"))
         results[task] = {row.key: {"label": row.label, **metrics[row.key]} for row in rows}
-        blocks.append("\n".join(table(task, rows, metrics)))
+        blocks.append("\n".join(table(task, rows, metrics)) + "\n" + resolution(task, metrics) + "\n")
         done = len(results) == len(settings.tasks)
         record = {
             "command": command,
@@ -274,6 +332,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         status = "" if done else f"\n\n**Partial run:** only {', '.join(results)} finished so far."
         write_doc(f"Command: `{command}`{status}\n\n" + "\n".join(blocks))
     if "tb" in settings.tasks:
+        pairs = view_pairs(work)
+        record["biplanar_vs_single_view"] = pairs
+        RESULTS.write_text(portable(json.dumps(record, indent=2, default=str), work) + "\n", encoding="utf-8")
+        write_doc("\n".join(view_table(pairs, by_key)), PAIRS_START, PAIRS_END)
         located = {
             split: train_and_evaluate(work, "tb", LOCALISATION, settings, split) for split in LOCALISATION_SPLITS
         }

@@ -3,9 +3,13 @@
 
 Generator:      gan · LSGAN(D(x, G(x)) -> 1)  +  recon · MSE(G(x), ct)  +  projection · mean_axes L1(proj G(x), proj ct)
                 +  l1 · MAE(G(x), ct)  +  reprojection · mean_views L1(minmax DRR(G(x)), x_view)
+                +  lesion · MAE over the lesion voxels of the training cases (masks of the synthetic benchmark)
 Discriminator:  gan · (MSE(D(x, ct), 1) + MSE(D(x, G(x)), 0))        (no ½; no image pool)
 
-Official weights: gan 0.1, recon 10, projection 10 (i.e. 10/3 per axis), l1 0, reprojection 0. ``x``
+Official weights: gan 0.1, recon 10, projection 10 (i.e. 10/3 per axis), l1 0, reprojection 0, lesion 0.
+The lesion term is a task-aware loss in the spirit of X-ray2CTPA's classifier loss: where the training
+data mark lesions, errors there count as much as the errors of the whole volume, although lesions are a
+thousandth of it. ``x``
 is the radiograph(s) the conditional discriminator also sees; ``proj`` is the orthographic mean
 projection over D, H and W of the volume's absolute value (official ``output_map``); ``DRR`` is the
 cone-beam projector of :mod:`x2ct.drr` in the geometry of the training radiographs. All volumes are
@@ -76,6 +80,15 @@ class LossWeights:
     projection: float = PROJECTION_WEIGHT
     l1: float = 0.0
     reprojection: float = 0.0
+    lesion: float = 0.0
+
+
+def lesion_absolute(fake: Tensor, real: Tensor, lesions: Tensor) -> Tensor:
+    """Mean absolute error over the voxels of the ``lesions`` mask (N, 1, D, H, W) 0/1 of the batch and the voxels
+    next to them (the mask dilated by one voxel, so that a blurred lesion costs as much as a missing one); 0 when
+    the batch holds no lesion voxel."""
+    region = F.max_pool3d(lesions, kernel_size=3, stride=1, padding=1)
+    return ((fake - real).abs() * region).sum() / region.sum().clamp_min(1.0)
 
 
 def generator_loss(
@@ -85,11 +98,12 @@ def generator_loss(
     w: LossWeights = LossWeights(),
     radiographs: Optional[Mapping[str, Tensor]] = None,
     geometry: Optional[DRRGeometry] = None,
+    lesions: Optional[Tensor] = None,
 ) -> Dict[str, Tensor]:
     """Generator loss terms. ``d_fake``: D's output on the generated volume (None without a discriminator).
-    ``radiographs`` (by view name) and the DRR ``geometry`` are needed when ``w.reprojection`` is set. The
-    official terms are always there; ``g_l1`` and ``g_reproj`` when weighted. Key ``g_total`` is what to
-    backprop."""
+    ``radiographs`` (by view name) and the DRR ``geometry`` are needed when ``w.reprojection`` is set, the
+    training cases' ``lesions`` masks when ``w.lesion`` is. The official terms are always there; ``g_l1``,
+    ``g_reproj`` and ``g_lesion`` when weighted. Key ``g_total`` is what to backprop."""
     terms = {} if d_fake is None else {"g_gan": lsgan(d_fake, True)}
     terms.update(g_recon=reconstruction(fake, real), g_proj=projection(fake, real))
     if w.l1:
@@ -98,7 +112,12 @@ def generator_loss(
         if radiographs is None or geometry is None:
             raise ValueError("the re-projection loss needs the input radiographs and the DRR geometry")
         terms["g_reproj"] = reprojection(fake, radiographs, geometry)
-    weight = {"g_gan": w.gan, "g_recon": w.recon, "g_proj": w.projection, "g_l1": w.l1, "g_reproj": w.reprojection}
+    if w.lesion:
+        if lesions is None:
+            raise ValueError("the lesion loss needs the training cases' lesion masks")
+        terms["g_lesion"] = lesion_absolute(fake, real, lesions)
+    weight = {"g_gan": w.gan, "g_recon": w.recon, "g_proj": w.projection, "g_l1": w.l1, "g_reproj": w.reprojection,
+              "g_lesion": w.lesion}  # fmt: skip
     terms["g_total"] = sum(weight[name] * value for name, value in terms.items())  # type: ignore[assignment]
     return terms
 

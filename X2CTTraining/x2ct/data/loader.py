@@ -159,6 +159,22 @@ def read_lesions(path: Path, kinds: Sequence[str]) -> Optional[CaseLesions]:
     )
 
 
+def lesion_union(path: Path, size: int) -> np.ndarray:
+    """The union of every lesion mask of a case file on a (size, size, size) grid, float32 0/1: a grid voxel is
+    lesion when any stored voxel it covers is (all zeros for a case without lesions)."""
+    from .synthetic import LESION_KINDS
+
+    lesions = read_lesions(path, LESION_KINDS)
+    if lesions is None:
+        return np.zeros((size,) * 3, np.float32)
+    union = torch.from_numpy(np.any(list(lesions.masks.values()), axis=0).astype(np.float32))[None, None]
+    if union.shape[-1] >= size:
+        resized = torch.nn.functional.adaptive_max_pool3d(union, size)
+    else:
+        resized = torch.nn.functional.interpolate(union, size=(size,) * 3, mode="nearest")
+    return resized[0, 0].numpy()
+
+
 def synthetic_ct_path(ct_source: PathLike, case_id: str) -> Path:
     """``ct_source/<case_id>/synthetic_ct.nrrd``."""
     return Path(os.fspath(ct_source)) / case_id / SYNTHETIC_CT_FILE
@@ -185,20 +201,24 @@ def read_synthetic_ct(path: Path, size: int) -> np.ndarray:
 @dataclass
 class CaseItem:
     """One case as model inputs: ``images`` by input key, (1, S, S) or (1, S, S, S) float32; ``target``
-    (K,) float32 labels when the data set has labels."""
+    (K,) float32 labels when the data set has labels; ``lesions`` (1, S, S, S) float32 0/1, the union of the
+    case's lesion masks on the CT's grid, when asked for."""
 
     case_id: str
     images: Dict[str, torch.Tensor]
     target: Optional[torch.Tensor] = None
+    lesions: Optional[torch.Tensor] = None
 
 
 @dataclass
 class Batch:
-    """Stacked :class:`CaseItem` s: ``images`` by input key, (N, 1, ...); ``target`` (N, K) or None."""
+    """Stacked :class:`CaseItem` s: ``images`` by input key, (N, 1, ...); ``target`` (N, K) or None; ``lesions``
+    (N, 1, S, S, S) or None."""
 
     case_ids: List[str]
     images: Dict[str, torch.Tensor]
     target: Optional[torch.Tensor] = None
+    lesions: Optional[torch.Tensor] = None
 
     def inputs(self, keys: Sequence[str]) -> Dict[str, torch.Tensor]:
         """The images of ``keys`` (a classifier's inputs)."""
@@ -215,7 +235,8 @@ def collate(items: Sequence[CaseItem], device: Optional[torch.device] = None) ->
     first = items[0]
     images = {key: stack([item.images[key] for item in items]) for key in first.images}
     target = stack([item.target for item in items]) if first.target is not None else None  # type: ignore[misc]
-    return Batch([item.case_id for item in items], images, target)
+    lesions = stack([item.lesions for item in items]) if first.lesions is not None else None  # type: ignore[misc]
+    return Batch([item.case_id for item in items], images, target, lesions)
 
 
 def generator_sizes(size: int, views: int) -> Dict[str, int]:
@@ -239,7 +260,8 @@ class CaseDataset(torch.utils.data.Dataset):
     Cases: the manifest's ``split`` (``train``, ``val``, ``test`` or ``all``), or ``targets``, an ordered
     mapping case id -> labels, for labelled subsets (classifiers). ``ct_source``: ``"real"`` (the case
     file's CT) or a folder of synthetic CTs. With ``cache`` items stay in memory after their first read
-    (a 64³ case is about 1 MB). Raises InputError when the folder, its manifest, a case file or a
+    (a 64³ case is about 1 MB). With ``lesions`` items carry the union of the case's lesion masks
+    (:func:`lesion_union`, on the CT's grid). Raises InputError when the folder, its manifest, a case file or a
     synthetic CT is missing, or when the split has no case.
     """
 
@@ -252,11 +274,12 @@ class CaseDataset(torch.utils.data.Dataset):
         cache: bool = True,
         ct_source: Union[str, PathLike] = REAL_CT,
         targets: Optional[Mapping[str, Sequence[int]]] = None,
+        lesions: bool = False,
     ) -> None:
         if split not in (*SPLITS, "all"):
             raise InputError(None, f"split {split!r}: choose one of {', '.join(SPLITS)} or all")
         self.root = Path(os.fspath(root))
-        self.split, self.sizes, self.cache = split, dict(sizes), cache
+        self.split, self.sizes, self.cache, self.lesions = split, dict(sizes), cache, lesions
         rows = read_manifest(self.root)
         paths = {row["case_id"]: self.root / row["path"] for row in rows}
         if targets is None:
@@ -300,7 +323,10 @@ class CaseDataset(torch.utils.data.Dataset):
             arrays[CT_KEY] = read_synthetic_ct(synthetic_ct_path(self.ct_source, case.case_id), self.sizes[CT_KEY])
         images = {key: torch.from_numpy(arrays[key][None]) for key in INPUT_KEYS if key in arrays}
         target = None if case.target is None else torch.tensor(case.target, dtype=torch.float32)
-        item = CaseItem(case.case_id, images, target)
+        lesions = None
+        if self.lesions:
+            lesions = torch.from_numpy(lesion_union(case.path, self.sizes.get(CT_KEY, 128)))[None]
+        item = CaseItem(case.case_id, images, target, lesions)
         if self.cache:
             self._cache[index] = item
         return item
@@ -317,6 +343,7 @@ __all__ = [
     "collate",
     "ct_to_unit",
     "generator_sizes",
+    "lesion_union",
     "read_case",
     "read_lesions",
     "read_synthetic_ct",

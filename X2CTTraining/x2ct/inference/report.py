@@ -1,4 +1,5 @@
-"""``report.png`` of one prediction: inputs, re-projections, three slices of the synthetic CT, a SYNTHETIC banner.
+"""``report.png`` of one prediction: inputs, re-projections, three slices of the synthetic CT, a SYNTHETIC banner;
+and :func:`cases_picture`, several cases side by side with their known lesions (``x2ct demo``).
 
 Layout (tiles of ``TILE`` pixels)::
 
@@ -22,7 +23,8 @@ display of the canonical (D, H, W) array.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -74,7 +76,7 @@ def _tile_xy(pixel_rc: Tuple[float, float], shape: Tuple[int, int]) -> Tuple[flo
     return (pixel_rc[1] + 0.5) * TILE / cols - 0.5, (pixel_rc[0] + 0.5) * TILE / rows - 0.5
 
 
-def _ct_peak_index(lps_mm: Sequence[Optional[float]], prediction: Prediction) -> Tuple[float, Optional[float], float]:
+def ct_peak_index(lps_mm: Sequence[Optional[float]], prediction: Prediction) -> Tuple[float, Optional[float], float]:
     """A guided peak's LPS (mm; y may be None) -> continuous (d, h, w) on the synthetic CT's grid (h None with y)."""
     centre = prediction.grid.center_lps
     point = [centre[axis] if value is None else value for axis, value in enumerate(lps_mm)]
@@ -107,7 +109,7 @@ def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, T
     depth, _, width = prediction.volume_hu.shape
     for output, cam in prediction.heat_maps.ct.items():
         peak = peaks.get(output, {}).get(CT_KEY)
-        d, h_peak, w = _ct_peak_index(peak.lps_mm, prediction) if peak is not None else (None, None, None)
+        d, h_peak, w = ct_peak_index(peak.lps_mm, prediction) if peak is not None else (None, None, None)
         h = _peak_coronal_index(cam) if h_peak is None else int(np.clip(round(h_peak), 0, cam.shape[1] - 1))
         gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
         overlay = Image.fromarray(cam_overlay_rgb(gray, cam[:, h, :])).resize((TILE, TILE), Image.BILINEAR)
@@ -155,4 +157,109 @@ def report_picture(prediction: Prediction) -> Image.Image:
             draw.text((x0 + 3, y_label + 1), label, fill="white", font=font)
             canvas.paste(tile, (x0, y_label + _LABEL))
             draw_orientation_letters(draw, x0, y_label + _LABEL, TILE, letters, font)
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------------
+# Several cases side by side
+
+
+@dataclass
+class CaseRow:
+    """One case of :func:`cases_picture`: ``predictions`` by a short label (e.g. "+B", "+S"), the first one's
+    inputs and Grad-CAM drawn; ``lesions``: the case's known lesion mask, bool (D, H, W) on the canonical
+    cube at any grid size (the cube the radiographs were rendered from), or None; ``notes``: extra text lines;
+    ``focus``: the output whose CT Grad-CAM map and Guided Grad-CAM peak are drawn (default: the first finding
+    with a CT map)."""
+
+    title: str
+    predictions: Dict[str, Prediction]
+    lesions: Optional[np.ndarray] = None
+    notes: List[str] = field(default_factory=list)
+    focus: Optional[str] = None
+
+
+def lesions_on_grid(lesions: np.ndarray, size: int) -> np.ndarray:
+    """A bool (D, H, W) lesion mask of the canonical cube on a ``size``³ grid: a voxel is lesion when the
+    nearest source voxel of its centre is."""
+    index = np.minimum(((np.arange(size) + 0.5) * lesions.shape[0] / size).astype(int), lesions.shape[0] - 1)
+    return lesions[np.ix_(index, index, index)]
+
+
+def _outline(tile: Image.Image, mask_2d: np.ndarray) -> None:
+    """Draw the edge pixels of a 2D mask (resized to the tile) in green."""
+    big = np.asarray(Image.fromarray(mask_2d.astype(np.uint8) * 255).resize((TILE, TILE), Image.NEAREST)) > 0
+    inner = big.copy()
+    inner[1:-1, 1:-1] = big[1:-1, 1:-1] & big[:-2, 1:-1] & big[2:, 1:-1] & big[1:-1, :-2] & big[1:-1, 2:]
+    pixels = np.asarray(tile).copy()
+    pixels[big & ~inner] = (0, 255, 0)
+    tile.paste(Image.fromarray(pixels))
+
+
+def _ct_finding(prediction: Prediction, focus: Optional[str]) -> Optional[Finding]:
+    """The finding ``focus`` when it has a CT Grad-CAM map, else the first finding with one (None without)."""
+    mapped = [f for f in prediction.findings if f.output in prediction.heat_maps.ct]
+    return next((f for f in mapped if f.output == focus), mapped[0] if mapped else None)
+
+
+def _case_tiles(case: CaseRow) -> List[Tuple[Image.Image, str, Tuple[str, str, str, str]]]:
+    """PA input, then per prediction the coronal synthetic-CT slice through the lesions (the centre without),
+    then the first prediction's CT Grad-CAM on that slice; lesions outlined, Guided Grad-CAM peaks crossed."""
+    first = next(iter(case.predictions.values()))
+    tiles = [(_tile(first.views[PA].model_input), f"{case.title}: PA", _RADIOGRAPH_LETTERS[PA])]
+    for label, prediction in case.predictions.items():
+        depth, rows, width = prediction.volume_hu.shape
+        lesions = None if case.lesions is None else lesions_on_grid(case.lesions, depth)
+        h = rows // 2 if lesions is None or not lesions.any() else int(np.argmax(lesions.sum(axis=(0, 2))))
+        gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
+        finding = _ct_finding(prediction, case.focus)
+        shown = [(_tile(gray), f"{label} synthetic CT h{h}")]
+        if finding is not None and prediction is first:
+            overlay = cam_overlay_rgb(gray, prediction.heat_maps.ct[finding.output][:, h, :])
+            shown.append((Image.fromarray(overlay).resize((TILE, TILE), Image.BILINEAR), f"{label} {finding.output} map"))
+        peak = None if finding is None else finding.guided_peak.get(CT_KEY)
+        for image, caption in shown:
+            if lesions is not None:
+                _outline(image, lesions[:, h, :])
+            if peak is not None:
+                d, _, w = ct_peak_index(peak.lps_mm, prediction)
+                _mark(image, *_tile_xy((d, w), (depth, width)))
+            tiles.append((image, caption, SLICE_LETTERS["coronal"]))
+    return tiles
+
+
+def _case_text(case: CaseRow) -> List[str]:
+    lines = []
+    for label, prediction in case.predictions.items():
+        lines.append(f"{label} {prediction.model.name}")
+        lines += [f"  {_finding_caption(f)}" for f in prediction.findings] or ["  (no classifier)"]
+    return lines + case.notes
+
+
+def cases_picture(cases: Sequence[CaseRow], title: str) -> Image.Image:
+    """One row per case (:func:`_case_tiles`) with its findings in words on the right; green outlines: the known
+    lesions; crosses: the Guided Grad-CAM peak of each row's focus finding (:class:`CaseRow`); a SYNTHETIC banner."""
+    font = ImageFont.load_default(size=14)
+    rows = [_case_tiles(case) for case in cases]
+    texts = [_case_text(case) for case in cases]
+    text_width = 2 * TILE
+    width = TILE * max(len(row) for row in rows) + text_width
+    top = _HEADER + _BANNER_HEIGHT
+    height = top + sum(max(_LABEL + TILE, 18 * len(text) + _LABEL) for text in texts)
+    canvas = Image.new("RGB", (width, height), "black")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), title, fill="white", font=font)
+    draw.rectangle([0, _HEADER, width, top], fill=(170, 0, 0))
+    draw.text((6, _HEADER + 4), BANNER, fill="white", font=font)
+    y = top
+    for tiles, text in zip(rows, texts):
+        for n, (tile, label, letters) in enumerate(tiles):
+            draw.text((n * TILE + 3, y + 1), label, fill="white", font=font)
+            canvas.paste(tile, (n * TILE, y + _LABEL))
+            draw_orientation_letters(draw, n * TILE, y + _LABEL, TILE, letters, font)
+        x_text = TILE * len(tiles) + 8
+        for i, line in enumerate(text):
+            colour = "orange" if line.rstrip().endswith("POS") else "white"
+            draw.text((x_text, y + _LABEL + 18 * i), line, fill=colour, font=font)
+        y += max(_LABEL + TILE, 18 * len(text) + _LABEL)
     return canvas

@@ -12,8 +12,10 @@ Read top to bottom:
 2. :class:`BackProjectionUNet` (``bp_unet``): the back-projected views (and, optionally, the mean
    training CT as a prior channel) into a 3D U-Net (MONAI ``UNet``). With the prior the network
    predicts the difference to the mean CT, so it starts from anatomy and learns what the radiographs
-   change. This is the paper's "back projection injection" with the projector made exact and the
-   network kept small, so that it learns in CPU-minutes.
+   change; the back-projected differences between each radiograph and the prior's DRR (and their
+   product over the two views) point it at where this case departs from the average one. This is the
+   paper's "back projection injection" with the projector made exact and the network kept small, so
+   that it learns in CPU-minutes.
 3. :class:`DenseUNetGenerator` (``dual_unet``): the paper's main variants: a 2D U-Net encoder per view,
    a dense bottleneck (64 or 512 units, "64-Dense" / "512-Dense"), a 3D decoder per view whose skip
    connections are the encoder's 2D features repeated along that view's rays, the views' decoded
@@ -37,9 +39,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..drr import project
+from ..drr import normalize, project
 from ..drr_geometry import DRRGeometry
 from ..geometry import EXTENT_MM, GRID_SIZES
+from ..intensity import unit_to_hu_unclamped
 from ..views import LATERAL, PA
 
 
@@ -127,13 +130,17 @@ class BackProjector(nn.Module):
 class BackProjectionConfig:
     """``bp_unet``: ``channels`` of the U-Net levels (each level halves the grid), ``res_units`` residual
     units per level, ``prior``: the mean training CT as an input channel and the base the network adds
-    to; the DRR geometry (mm) of the training radiographs, which the back-projection follows."""
+    to; ``residual``: also the back-projection of each radiograph minus the DRR of the prior (where this
+    case differs from the average one) and, with two views, the product of those (large only where both
+    views see a difference); the DRR geometry (mm) of the training radiographs, which the back-projection
+    follows."""
 
     grid_size: int = 128
     views: int = 2
     channels: Tuple[int, ...] = (16, 32, 64, 128)
     res_units: int = 2
     prior: bool = True
+    residual: bool = True
     sad_mm: float = DRRGeometry.sad_mm
     sid_mm: float = DRRGeometry.sid_mm
     detector_mm: float = DRRGeometry.detector_mm
@@ -146,6 +153,8 @@ class BackProjectionConfig:
         if self.grid_size % 2 ** (len(self.channels) - 1):
             raise ValueError(f"grid_size {self.grid_size} cannot be halved {len(self.channels) - 1} times")
         DRRGeometry(self.sad_mm, self.sid_mm, self.detector_mm)  # raises for an impossible geometry
+        if self.residual and not self.prior:
+            raise ValueError("residual channels need the prior (prior=true)")
 
     @property
     def geometry(self) -> DRRGeometry:
@@ -168,9 +177,10 @@ class BackProjectionUNet(_Generator):
         self.projectors = nn.ModuleList(BackProjector(v, config.grid_size, config.geometry) for v in self.views)
         size = config.grid_size
         self.register_buffer("prior", torch.zeros(1, 1, size, size, size) if config.prior else None)
+        residual = len(self.views) + int(len(self.views) == 2) if config.residual else 0
         self.unet = UNet(
             spatial_dims=3,
-            in_channels=len(self.views) + int(config.prior),
+            in_channels=len(self.views) + int(config.prior) + residual,
             out_channels=1,
             channels=config.channels,
             strides=(2,) * (len(config.channels) - 1),
@@ -183,10 +193,25 @@ class BackProjectionUNet(_Generator):
             raise ValueError("this bp_unet was built without a prior (prior=false)")
         self.prior.copy_(mean_ct.reshape(self.prior.shape).to(self.prior))
 
+    def prior_drr(self, view: str, size: int) -> Tensor:
+        """The prior's DRR in the training geometry, min-max normalised like the training radiographs, (1, 1,
+        ``size``, ``size``) (no gradient)."""
+        with torch.no_grad():
+            hu = unit_to_hu_unclamped(self.prior)
+            spacing = EXTENT_MM / self.config.grid_size
+            return normalize(project(hu, spacing, view, size, self.config.geometry, units="hu"), "minmax")
+
     def forward(self, pa: Tensor, lateral: Optional[Tensor] = None) -> Tensor:
-        channels = [projector(image) for projector, image in zip(self.projectors, self._inputs(pa, lateral))]
+        images = self._inputs(pa, lateral)
+        channels = [projector(image) for projector, image in zip(self.projectors, images)]
         if self.prior is None:
             return self._finish(self.unet(torch.cat(channels, dim=1)))
+        if self.config.residual:
+            differences = [
+                projector(image - self.prior_drr(view, image.shape[-1]))
+                for projector, image, view in zip(self.projectors, images, self.views)
+            ]
+            channels += differences + ([differences[0] * differences[1]] if len(differences) == 2 else [])
         prior = self.prior.expand(pa.shape[0], -1, -1, -1, -1)
         return self._finish(prior + self.unet(torch.cat([*channels, prior], dim=1)))
 

@@ -58,6 +58,7 @@ class TrainConfig:
     projection_weight: float = _DEFAULTS["projection_weight"]
     l1_weight: float = _DEFAULTS["l1_weight"]
     reprojection_weight: float = _DEFAULTS["reprojection_weight"]
+    lesion_weight: float = _DEFAULTS["lesion_weight"]
     # optimisation
     optimizer: str = _DEFAULTS["optimizer"]
     lr: float = _DEFAULTS["lr"]
@@ -117,7 +118,7 @@ class TrainConfig:
             if not getattr(self, key) > 0:
                 raise setting_error(self, key, "must be positive")
         for key in ("gan_weight", "recon_weight", "projection_weight", "l1_weight", "reprojection_weight",
-                    "epochs_constant", "epochs_decay", "sample_every_epochs"):  # fmt: skip
+                    "lesion_weight", "epochs_constant", "epochs_decay", "sample_every_epochs"):  # fmt: skip
             if getattr(self, key) < 0:
                 raise setting_error(self, key, "must not be negative")
         if self.epochs < 1:

@@ -34,7 +34,8 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..data.layout import read_manifest
-from ..data.loader import CaseDataset, case_attributes, collate, generator_sizes
+from ..data.loader import CaseDataset, case_attributes, collate, generator_sizes, read_lesions
+from ..data.synthetic import LESION_KINDS
 from ..drr_geometry import DRRGeometry
 from ..errors import InputError
 from ..losses import LossWeights, discriminator_loss, generator_loss
@@ -155,7 +156,8 @@ class GeneratorTrainer(Trainer):
         super().__init__(config, SETTINGS)
         self.data = Path(config.data)
         sizes = generator_sizes(config.grid_size, config.views)
-        self.train_set = CaseDataset(self.data, config.train_split, sizes, cache=config.cache)
+        self.train_set = CaseDataset(self.data, config.train_split, sizes, cache=config.cache,
+                                     lesions=config.lesion_weight > 0)  # fmt: skip
         self.val_set: Optional[CaseDataset] = None
         self.notes: List[str] = []
         if config.val_split and config.val_every_epochs:
@@ -165,8 +167,12 @@ class GeneratorTrainer(Trainer):
                 self.notes.append(f"no validation: {err}")
         self.weights_of_losses = LossWeights(
             config.gan_weight, config.recon_weight, config.projection_weight, config.l1_weight,
-            config.reprojection_weight,
+            config.reprojection_weight, config.lesion_weight,
         )  # fmt: skip
+        files = [self.train_set.case_file(i) for i in range(len(self.train_set))]
+        if config.lesion_weight and not any(read_lesions(file, LESION_KINDS) for file in files):
+            raise InputError(self.data, "lesion_weight needs lesion masks, and no training case holds one "
+                             "(the synthetic benchmark of x2ct build-dataset --synthetic-from has them)")  # fmt: skip
         build = case_attributes(self.train_set.case_file(0))
         self.geometry = DRRGeometry(**{k: float(build[k]) for k in ("sad_mm", "sid_mm", "detector_mm") if k in build})
         self.network = network_of(config, build)
@@ -260,7 +266,8 @@ class GeneratorTrainer(Trainer):
             with context.autocast():
                 d_fake = context.full(self.D_raw(fake, pa, lateral))
         radiographs = {PA: pa} if lateral is None else {PA: pa, LATERAL: lateral}
-        g_terms = generator_loss(d_fake, context.full(fake), ct, self.weights_of_losses, radiographs, self.geometry)
+        g_terms = generator_loss(d_fake, context.full(fake), ct, self.weights_of_losses, radiographs, self.geometry,
+                                 batch.lesions)  # fmt: skip
         if "G" in self._optimizers:
             context.optimize("G", g_terms["g_total"])
         losses = {k: v.item() for k, v in g_terms.items()}
