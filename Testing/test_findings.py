@@ -250,7 +250,7 @@ def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_wer
 def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
     """The cross sits where guided_peak says: on the PA tile (pixel -> tile) and on the CT tile (LPS -> grid
     index -> tile), also when the peak is moved; LPS goes back to the grid index it came from."""
-    from x2ct.inference.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, _ct_peak_index, _tile_xy, report_picture
+    from x2ct.inference.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, ct_peak_index, _tile_xy, report_picture
 
     prediction = predict(
         load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
@@ -258,8 +258,8 @@ def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
     grid = prediction.grid
     ijk = np.array([0.7, 0.25, 0.8]) * (grid.size - 1)
     lps = (grid.ijk_to_lps() @ np.array([*ijk, 1.0]))[:3]
-    np.testing.assert_allclose(_ct_peak_index(list(lps), prediction), ijk[::-1], atol=1e-6)
-    d, h, w = _ct_peak_index([lps[0], None, lps[2]], prediction)
+    np.testing.assert_allclose(ct_peak_index(list(lps), prediction), ijk[::-1], atol=1e-6)
+    d, h, w = ct_peak_index([lps[0], None, lps[2]], prediction)
     assert h is None and np.allclose((d, w), (ijk[2], ijk[0]))
     assert _tile_xy((0.0, 0.0), (TILE, TILE)) == (0.0, 0.0) and _tile_xy((9.5, 19.5), (20, 40)) == (127.5, 127.5)
 
@@ -274,7 +274,7 @@ def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
         picture = np.asarray(report_picture(prediction))
         finding.guided_peak = {PA_KEY: None, CT_KEY: None}  # an empty map: no cross
         unmarked = np.asarray(report_picture(prediction))
-        d, _, w = _ct_peak_index(ct_lps, prediction)
+        d, _, w = ct_peak_index(ct_lps, prediction)
         for row, (x, y) in ((2, _tile_xy(pixel_rc, pixels.shape)), (3, _tile_xy((d, w), (grid.size, grid.size)))):
             at = (top + row * (_LABEL + TILE) + _LABEL + int(round(y)), int(round(x)))  # first tile of rows 3 and 4
             assert tuple(picture[at]) == (255, 255, 255) and tuple(unmarked[at]) != (255, 255, 255)

@@ -257,7 +257,8 @@ def test_demo_runs_both_models_on_both_sample_cases(resources: Path, tmp_path: P
     for case in ("healthy", "tb"):
         assert set(summary["cases"][case]["runs"]) == {"biplanar", "singleview"}
         for folder in ("biplanar", "singleview"):
-            assert (out / case / folder / "synthetic_ct.nrrd").is_file() and (out / case / folder / "report.png").is_file()
+            for name in ("synthetic_ct.nrrd", "report.png", "findings.json"):
+                assert (out / case / folder / name).is_file()
     assert summary["cases"]["healthy"]["lesions"] is None
     assert {x["kind"] for x in summary["cases"]["tb"]["lesions"]} == {"cavity", "consolidation"}
     assert (out / "report.png").is_file()

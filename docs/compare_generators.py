@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from bundle_demo_generators import RECIPE  # this folder (docs/) is on sys.path when the script runs
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "generator_comparison.json"
 DOC = REPO / "docs" / "generator_comparison.md"
@@ -39,6 +41,8 @@ BEGIN, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 BUILD = ["--synthetic-from", "sample", "--cases", "600", "--seed", "7", "--size", "64"]
 
 L1_NADAM = ["gan_weight=0", "recon_weight=0", "projection_weight=0", "l1_weight=1", "optimizer=nadam", "lr=0.001"]
+LESION = next(item for item in RECIPE if item.startswith("lesion_weight="))
+"""The bundled demo generators' lesion-loss weight (docs/bundle_demo_generators.py)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ ROWS = (
     Row("x2ct_gan_b", "X2CT-GAN +B (width 1/8)", ("architecture=x2ct_gan", "views=2", "width=0.125", "ndf=16")),
     Row("bp_unet_s", "back-projection U-Net, PA", ("architecture=bp_unet", "views=1", *L1_NADAM)),
     Row("bp_unet_b", "back-projection U-Net, PA + lateral", ("architecture=bp_unet", "views=2", *L1_NADAM)),
+    Row("bp_unet_lesion_s", "back-projection U-Net + lesion loss, PA", ("architecture=bp_unet", "views=1",
+        *L1_NADAM, LESION)),  # fmt: skip
+    Row("bp_unet_lesion_b", "back-projection U-Net + lesion loss, PA + lateral", ("architecture=bp_unet", "views=2",
+        *L1_NADAM, LESION)),  # fmt: skip
     Row("dual_unet_64_b", "dual U-Net, 64-unit dense bottleneck", ("architecture=dual_unet", "views=2",
         'arch_options={"dense_units": 64}', *L1_NADAM)),  # fmt: skip
     Row("dual_unet_512_b", "dual U-Net, 512-unit dense bottleneck", ("architecture=dual_unet", "views=2",

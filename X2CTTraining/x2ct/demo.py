@@ -13,8 +13,9 @@ giving findings and Grad-CAM maps.
 
 Output folder (default ``./x2ct-demo/``), written atomically as a whole::
 
-    <case>/biplanar/    synthetic_ct.nrrd, summary.json, report.png, findings.json, gradcam/  (x2ct predict --pa --lateral)
-    <case>/singleview/  the same                                                             (x2ct predict --pa)
+    <case>/biplanar/    synthetic_ct.nrrd, summary.json, report.png, findings.json, gradcam/
+                        (x2ct predict --pa --lateral)
+    <case>/singleview/  the same (x2ct predict --pa)
     report.png          both cases side by side: PA, coronal synthetic-CT slices through the lesions (known
                         lesions outlined green, Guided Grad-CAM peak crossed), CT Grad-CAM, findings
     demo.json           every run: model, device, consistency, timings, findings; for the TB case, the distance

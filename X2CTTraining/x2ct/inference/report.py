@@ -216,7 +216,8 @@ def _case_tiles(case: CaseRow) -> List[Tuple[Image.Image, str, Tuple[str, str, s
         shown = [(_tile(gray), f"{label} synthetic CT h{h}")]
         if finding is not None and prediction is first:
             overlay = cam_overlay_rgb(gray, prediction.heat_maps.ct[finding.output][:, h, :])
-            shown.append((Image.fromarray(overlay).resize((TILE, TILE), Image.BILINEAR), f"{label} {finding.output} map"))
+            heat = Image.fromarray(overlay).resize((TILE, TILE), Image.BILINEAR)
+            shown.append((heat, f"{label} {finding.output} map"))
         peak = None if finding is None else finding.guided_peak.get(CT_KEY)
         for image, caption in shown:
             if lesions is not None:
