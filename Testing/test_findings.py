@@ -250,7 +250,7 @@ def test_guided_peak_puts_a_ct_impulse_and_a_radiograph_spot_back_where_they_wer
 def test_report_marks_the_guided_peak_on_the_heat_map_tiles(resources: Path):
     """The cross sits where guided_peak says: on the PA tile (pixel -> tile) and on the CT tile (LPS -> grid
     index -> tile), also when the peak is moved; LPS goes back to the grid index it came from."""
-    from x2ct.inference.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, ct_peak_index, _tile_xy, report_picture
+    from x2ct.inference.report import _BANNER_HEIGHT, _HEADER, _LABEL, TILE, _tile_xy, ct_peak_index, report_picture
 
     prediction = predict(
         load_model("x2ct-demo-biplanar"), PA_PNG, LATERAL_PNG, classifiers=load_classifiers(["tiny-tb"])
