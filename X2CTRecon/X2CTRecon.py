@@ -86,7 +86,8 @@ scores, the classifiers' findings and Grad-CAM heat maps over the CT and the rad
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, SimpleITK, pydicom and PyTorch (through the SlicerPyTorch extension).
-The reconstruction follows the X2CT-GAN family of published methods.
+The reconstruction follows published methods: X2CT-GAN (Ying et al., CVPR 2019) and the
+back-projection generators of XprospeCT.
 """)
 
 

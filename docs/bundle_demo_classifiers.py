@@ -26,6 +26,7 @@ from x2ct.models.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Classifiers"
+REPRODUCTION = REPO / "docs" / "classifier_reproduction.json"
 ROW = "ct_b_xray_2slice"
 TASKS = {"tb": "tb", "tb_type": "tb-type", "tb_activity": "tb-activity", "pe": "pe"}
 
@@ -69,6 +70,7 @@ def model_card(name: str, task: str, meta: ModelMetadata, metrics: Dict[str, Any
     sizes = {key: meta.input_size(key) for key in meta.input_keys}
     outputs = ", ".join(f"`{o}`" for o in meta.task.outputs)
     thresholds = ", ".join(f"`{k}` {v:.3f}" for k, v in meta.thresholds().items())
+    run = json.loads(REPRODUCTION.read_text(encoding="utf-8"))["settings"]  # the reproduction run's settings
     return f"""# Model card: {name}
 
 **A demonstration classifier, not a clinical one. It was trained and tested on SYNTHETIC cases of one
@@ -87,8 +89,9 @@ coronal slices of the synthetic CT, through the Zunair 3D CNN at width ×{width}
 
 ## Data
 
-`x2ct build-dataset --synthetic-from sample --cases 600 --seed 11 --size 64` (one real chest CT with
-seeded deformations, intensity changes and procedural lesions; docs/synthetic_lesions.md), split
+`x2ct build-dataset --synthetic-from sample --cases {run["cases"]} --seed {run["seed"]} --split {run["split"]} \
+--size 64` (one real chest CT with seeded deformations, intensity changes and procedural lesions; \
+docs/synthetic_lesions.md), split
 {data.get("cases", {}).get("train")} train / {data.get("cases", {}).get("val")} validation cases for this task
 (TB type and activity use TB-positive cases only), and the synthetic CTs `x2ct synthesize-ct` made
 from every case's DRRs with `x2ct-demo-biplanar`. **Every case is the same patient**; the lesions are
@@ -97,7 +100,7 @@ painted, not acquired. The classifier cannot be expected to work on real radiogr
 ## Training
 
 `x2ct train-classifier --task {task} --arch {meta.architecture} --ct-source WORK/ct_B` with the settings of
-`docs/reproduce_seed_table.py` (20 epochs, Adam 1e-3, batch 16, BCE with class weights, rotation
+`docs/reproduce_seed_table.py` ({run["epochs"]} epochs, Adam {run["lr"]:g}, batch 16, BCE with class weights, rotation
 augmentation; the epoch with the best validation AUC kept). Full settings: `model.json` → `training`.
 
 ## Held-out test metrics (test split, thresholds frozen from validation)

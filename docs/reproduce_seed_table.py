@@ -78,13 +78,24 @@ LOCALISATION_SPLITS = ("test", "val")
 BASELINE = "xray_pa"
 SHORT_ROWS = ("xray_pa", "ct_b_2slice", "ct_b_xray_2slice", "ct_real_full")
 TASK_ROWS = {"tb": tuple(r.key for r in ROWS), "tb_type": SHORT_ROWS, "tb_activity": SHORT_ROWS, "pe": SHORT_ROWS}
-VIEW_PAIRS = (
-    ("ct_b_full", "ct_s_full"),
-    ("ct_b_2slice", "ct_s_2slice"),
-    ("ct_b_xray_full", "ct_s_xray_full"),
-    ("ct_b_xray_2slice", "ct_s_xray_2slice"),
-)
-"""Biplanar (+B) rows against their single-view (+S) twins, paired DeLong on the TB identification test cases."""
+PAIRED = {
+    "biplanar_vs_single_view": (
+        ("ct_b_full", "ct_s_full"),
+        ("ct_b_2slice", "ct_s_2slice"),
+        ("ct_b_xray_full", "ct_s_xray_full"),
+        ("ct_b_xray_2slice", "ct_s_xray_2slice"),
+    ),
+    "biplanar_vs_xray_pa_l": tuple(
+        (key, "xray_pa_l")
+        for key in ("ct_b_full", "ct_b_2slice", "ct_b_xray_full", "ct_b_xray_2slice", "ct_b_xray_late")
+    ),
+}
+"""Paired DeLong tests on the TB identification test cases: the biplanar (+B) rows against their single-view (+S)
+twins, and against the radiograph classifier that sees the same two views (X-ray PA + L)."""
+PAIRED_TITLES = {
+    "biplanar_vs_single_view": "Every CT row with +B against its +S twin:",
+    "biplanar_vs_xray_pa_l": "Every +B row against the X-ray classifier given the same two radiographs (PA + L):",
+}
 RESOLUTION_ROW = "ct_b_xray_2slice"
 """The row whose AUC difference to the X-ray (PA) baseline states the resolution of each task's test split."""
 TASK_TITLES = {
@@ -220,27 +231,27 @@ def localisation_table(metrics: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def view_pairs(work: Path) -> Dict[str, Any]:
-    """Paired DeLong tests of every :data:`VIEW_PAIRS` (a = +B, b = +S) on the TB identification test cases."""
+def paired_tests(work: Path, pairs: Sequence[Sequence[str]]) -> Dict[str, Any]:
+    """Paired DeLong tests of ``pairs`` of row keys (a, b) on the TB identification test cases."""
     from x2ct.classify.evaluate import read_evaluation
     from x2ct.classify.tasks import get_task
     from x2ct.evaluate.classifier_stats import delong_compare
 
     task = get_task("tb")
+    column = task.columns[0]
     results = {}
-    for biplanar, single in VIEW_PAIRS:
-        _, a = read_evaluation(work / "evals" / f"tb-{biplanar}", task)
-        _, b = read_evaluation(work / "evals" / f"tb-{single}", task)
+    for key_a, key_b in pairs:
+        _, a = read_evaluation(work / "evals" / f"tb-{key_a}", task)
+        _, b = read_evaluation(work / "evals" / f"tb-{key_b}", task)
         cases = sorted(a)
-        column = task.columns[0]
         labels = [a[c][f"{column}_label"] for c in cases]
         result = delong_compare(labels, [a[c][column] for c in cases], [b[c][column] for c in cases])
-        results[f"{biplanar} vs {single}"] = {"a": biplanar, "b": single, "n": len(cases), **vars(result)}
+        results[f"{key_a} vs {key_b}"] = {"a": key_a, "b": key_b, "n": len(cases), **vars(result)}
     return results
 
 
-def view_table(pairs: Dict[str, Any], by_key: Dict[str, Row]) -> List[str]:
-    lines = ["| biplanar (+B) row | single-view (+S) row | AUC +B | AUC +S | difference [95% CI] | paired DeLong p |",
+def paired_table(pairs: Dict[str, Any], by_key: Dict[str, Row]) -> List[str]:
+    lines = ["| row | compared with | AUC | AUC of the other | difference [95% CI] | paired DeLong p |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for record in pairs.values():
         lines.append(
@@ -332,10 +343,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         status = "" if done else f"\n\n**Partial run:** only {', '.join(results)} finished so far."
         write_doc(f"Command: `{command}`{status}\n\n" + "\n".join(blocks))
     if "tb" in settings.tasks:
-        pairs = view_pairs(work)
-        record["biplanar_vs_single_view"] = pairs
+        blocks = []
+        for name, pairs in PAIRED.items():
+            record[name] = paired_tests(work, pairs)
+            blocks.append(PAIRED_TITLES[name] + "\n\n" + "\n".join(paired_table(record[name], by_key)))
         RESULTS.write_text(portable(json.dumps(record, indent=2, default=str), work) + "\n", encoding="utf-8")
-        write_doc("\n".join(view_table(pairs, by_key)), PAIRS_START, PAIRS_END)
+        write_doc("\n\n".join(blocks), PAIRS_START, PAIRS_END)
         located = {
             split: train_and_evaluate(work, "tb", LOCALISATION, settings, split) for split in LOCALISATION_SPLITS
         }
