@@ -15,9 +15,9 @@ same training-time budget (``max_minutes``), batch 4, 64³, validation after eve
 Reported, per generator: parameters, steps per second of training time, CPU-minutes used (``os.wait4``),
 the validation MAE (HU, whole cube) after each epoch, and the CPU-minutes to reach two target validation
 MAEs: the template's (the mean training CT, whatever the input), and 95 % of it, i.e. the time to learn
-something from the radiographs. The back-projection U-Net starts from the mean CT, so it is at the
-first target almost at once; the second is the fairer race. Ratios bp_unet / x2ct_gan are given for
-steps per second and minutes to each target.
+something from the radiographs. The back-projection U-Net adds its output to the mean CT, but its
+untrained output is not zero, so it too starts far above the template. Ratios bp_unet / x2ct_gan are
+given for steps per second and minutes to each target ("not reached" when the budget ran out first).
 
 Outputs: ``bench/results/generator_training.json`` and the table between the markers of
 ``docs/generator_comparison.md``.

@@ -258,7 +258,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "data": build}  # fmt: skip
         convert_checkpoint(work / name / "model", target, name=target.name, version=VERSION, changelog=CHANGELOG,
                            metrics=metrics, source=source)  # fmt: skip
-        meta = json.loads((target / "model.json").read_text())
+        record = target / "model.json"  # this machine's folders -> WORK (the weights' sha256 is untouched)
+        text = record.read_text()
+        for folder in sorted({str(work), str(work.resolve())}, key=len, reverse=True):
+            text = text.replace(folder, "WORK")
+        text = text.replace(str(REPO) + "/", "")  # the sample CT the data set was made from, repository-relative
+        record.write_text(text)
+        meta = json.loads(text)
         (target / "MODEL_CARD.md").write_text(model_card(name, meta, scores, cpu, build), encoding="utf-8")
         print(f"bundled {target}")
     return 0
