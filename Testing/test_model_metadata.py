@@ -2,8 +2,9 @@
 loading, ``x2ct migrate-model`` rewrites them (prose into the model card, weights untouched), and the
 bundled models are on schema 2 without prose in machine fields.
 
-Testing/data/schema1/ holds the ``model.json`` files of the bundled x2ct-demo-singleview and x2ct-demo-tb
-as they were written before schema 2; their weights are the bundled ones, unchanged.
+Testing/data/schema1/ holds the ``model.json`` files of x2ct-demo-singleview 1.0.0 (X2CT-GAN) and of the first
+x2ct-demo-tb as they were written before schema 2, with their weights (``*_model.safetensors``, unchanged) and
+the generator's schema-2 ``model.json`` as bundled before version 2.0.0 (``generator_model_schema2.json``).
 """
 
 from __future__ import annotations
@@ -41,26 +42,26 @@ def run_cli(*args: object) -> Tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def prose_fields(document: Any) -> Iterator[str]:
-    """The keys of :data:`PROSE_KEYS` that hold text anywhere in a JSON document."""
+def prose_fields(document: Any, parent: str = "") -> Iterator[str]:
+    """The keys of :data:`PROSE_KEYS` that hold text anywhere in a JSON document, except in ``training.config``
+    (the trainer's settings as given: ``optimizer`` is a setting there, e.g. "nadam", not a sentence)."""
     if isinstance(document, dict):
         for key, value in document.items():
+            if parent == "training" and key == "config":
+                continue
             if key in PROSE_KEYS and isinstance(value, (str, dict)):
                 yield key
-            yield from prose_fields(value)
+            yield from prose_fields(value, key)
     elif isinstance(document, list):
         for value in document:
             yield from prose_fields(value)
 
 
 def old_model(tmp_path: Path, kind: str) -> Path:
-    """A model folder with the bundled weights and their schema-1 ``model.json`` and model card."""
-    bundled = models_dir() / "x2ct-demo-singleview" if kind == "generator" else (
-        resources_dir() / "Classifiers" / "x2ct-demo-tb"
-    )  # fmt: skip
+    """A model folder with the old weights and their schema-1 ``model.json`` and model card."""
     folder = tmp_path / kind
     folder.mkdir()
-    shutil.copy(bundled / "model.safetensors", folder / "model.safetensors")
+    shutil.copy(SCHEMA1 / f"{kind}_model.safetensors", folder / "model.safetensors")
     shutil.copy(SCHEMA1 / f"{kind}_model.json", folder / "model.json")
     (folder / "MODEL_CARD.md").write_text("# Model card: old\n\nSome words.\n", encoding="utf-8")
     return folder
@@ -88,13 +89,17 @@ def test_bundled_models_are_on_schema_2_without_prose_fields():
 def test_a_schema_1_generator_still_loads_as_its_migrated_self(tmp_path):
     folder = old_model(tmp_path, "generator")
     model = load_generator(folder)
-    bundled = load_generator("x2ct-demo-singleview")
+    schema2 = tmp_path / "schema2"  # the same weights as bundled (1.0.0) with their schema-2 model.json
+    schema2.mkdir()
+    shutil.copy(SCHEMA1 / "generator_model.safetensors", schema2 / "model.safetensors")
+    shutil.copy(SCHEMA1 / "generator_model_schema2.json", schema2 / "model.json")
+    bundled = load_generator(schema2)
     assert model.metadata.kind == "generator" and model.metadata.views == ("PA",)
     assert input_spec_from_metadata(model.metadata) == input_spec_from_metadata(bundled.metadata)
     assert model.metadata.sha256 == bundled.metadata.sha256
     assert all(torch.equal(model.state_dict()[k], v) for k, v in bundled.state_dict().items())
     document, prose = migrate(json.loads((SCHEMA1 / "generator_model.json").read_text()))
-    assert document == json.loads((models_dir() / "x2ct-demo-singleview" / "model.json").read_text())
+    assert document == json.loads((SCHEMA1 / "generator_model_schema2.json").read_text())
     assert "training.losses" in prose and "input.preprocessing" in prose and "intended_use" in prose
 
 

@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "Resources" / "Classifiers"
 REPRODUCTION = REPO / "docs" / "classifier_reproduction.json"
 ROW = "ct_b_xray_2slice"
+VERSION = "2.0.0"
+CHANGELOG = {
+    "1.0.0": "first release (metadata schema 1, migrated to schema 2): trained on 480 cases with the CTs of the "
+    "X2CT-GAN demo generators",
+    "2.0.0": "retrained on 720 cases with the CTs of the back-projection demo generators (x2ct-demo-biplanar 2.0.0)",
+}
 TASKS = {"tb": "tb", "tb_type": "tb-type", "tb_activity": "tb-activity", "pe": "pe"}
 
 
@@ -135,7 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.copytree(source, target)
         document = _scrub(json.loads((target / "model.json").read_text(encoding="utf-8")), work)
         test = _scrub({k: metrics[k] for k in ("outputs", "split", "n_cases") if k in metrics}, work)
-        meta = replace(ModelMetadata.from_dict(document), name=name, metrics=dict(document["metrics"], test=test))
+        meta = replace(ModelMetadata.from_dict(document), name=name, version=VERSION, changelog=CHANGELOG,
+                       metrics=dict(document["metrics"], test=test))  # fmt: skip
         text = json.dumps(meta.to_dict(), indent=2, sort_keys=True) + "\n"
         (target / "model.json").write_text(text, encoding="utf-8")
         (target / "MODEL_CARD.md").write_text(model_card(name, task, meta, metrics), encoding="utf-8")

@@ -85,12 +85,16 @@ def x2ct(*args: object) -> List[str]:
 
 
 def portable(value: Any, work: Path) -> Any:
-    """``value`` with WORK's absolute path replaced by ``WORK``."""
+    """``value`` with WORK's absolute path replaced by ``WORK`` (and WORK/data's, which may be a link elsewhere) and
+    the repository's made relative (the bundled models)."""
     if isinstance(value, dict):
         return {k: portable(v, work) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v, work) for v in value]
-    return value.replace(str(work.resolve()), "WORK") if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    value = value.replace(str((work / "data").resolve()), "WORK/data").replace(str(work.resolve()), "WORK")
+    return value.replace(str(REPO) + "/", "")
 
 
 def train_all(rows: Sequence[Row], work: Path, minutes: float, jobs: int) -> Dict[str, Dict[str, float]]:
@@ -198,37 +202,32 @@ def table(results: Dict[str, Any]) -> List[str]:
              "contrast [95% CI] | minus template [95% CI] | lesions shown | 25 mm lesion check |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in ROWS:
-        if row.key not in results["rows"]:
-            continue
-        r = results["rows"][row.key]
-        lesions = r["summary"]["lesions"]["overall"]
-        low, high = lesions["relative_contrast_ci_low"], lesions["relative_contrast_ci_high"]
-        contrast = _ci(lesions["relative_contrast_mean"], None if low is None else (low, high))
-        shown = f"{lesions['n_show']}/{lesions['n_usable']}"
-        diff = r.get("minus_template")
-        minus = "–" if diff is None else _ci(diff["mean"], diff["ci"])
-        check = r.get("lesion_check")
-        checked = "–" if check is None else f"{sum(x['shows'] for x in check['results'])}/{len(check['results'])}"
-        mae, ssim = _normal_ci(r["summary"], "mae_hu_body", 1), _normal_ci(r["summary"], "honest_ssim_3d", 3)
-        lines.append(f"| {row.label} | {r['parameters']:,} | {r['cost']['cpu_minutes']:.1f} ({r['steps']}) | {mae} | "
-                     f"{ssim} | {contrast} | {minus} | {shown} | {checked} |")  # fmt: skip
+        if row.key in results["rows"]:
+            r = results["rows"][row.key]
+            cost = f"{r['parameters']:,} | {r['cost']['cpu_minutes']:.1f} ({r['steps']})"
+            lines.append(f"| {row.label} | {cost} | {_scores(r)} |")
     return lines
+
+
+def _scores(r: Dict[str, Any]) -> str:
+    """The image, lesion and lesion-check cells of one evaluated model."""
+    lesions = r["summary"]["lesions"]["overall"]
+    low, high = lesions["relative_contrast_ci_low"], lesions["relative_contrast_ci_high"]
+    contrast = _ci(lesions["relative_contrast_mean"], None if low is None else (low, high))
+    diff = r.get("minus_template")
+    minus = "–" if diff is None else _ci(diff["mean"], diff["ci"])
+    check = r.get("lesion_check")
+    checked = "–" if check is None else f"{sum(x['shows'] for x in check['results'])}/{len(check['results'])}"
+    mae, ssim = _normal_ci(r["summary"], "mae_hu_body", 1), _normal_ci(r["summary"], "honest_ssim_3d", 3)
+    return f"{mae} | {ssim} | {contrast} | {minus} | {lesions['n_show']}/{lesions['n_usable']} | {checked}"
 
 
 def bundled_table(results: Dict[str, Any]) -> List[str]:
     lines = ["| bundled model | training (steps) | MAE in the body, HU | 3D SSIM | lesion relative contrast [95% CI] | "
              "minus template [95% CI] | lesions shown | 25 mm lesion check |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("bundled", {}).items():
-        lesions = r["summary"]["lesions"]["overall"]
-        low, high = lesions["relative_contrast_ci_low"], lesions["relative_contrast_ci_high"]
-        contrast = _ci(lesions["relative_contrast_mean"], None if low is None else (low, high))
-        diff = r.get("minus_template")
-        minus = "–" if diff is None else _ci(diff["mean"], diff["ci"])
-        check = r.get("lesion_check")
-        checked = "–" if check is None else f"{sum(x['shows'] for x in check['results'])}/{len(check['results'])}"
-        mae, ssim = _normal_ci(r["summary"], "mae_hu_body", 1), _normal_ci(r["summary"], "honest_ssim_3d", 3)
-        lines.append(f"| `{name}` | {r['training_minutes']:.0f} min on {r['threads']} threads ({r['steps']}) | {mae} | "
-                     f"{ssim} | {contrast} | {minus} | {lesions['n_show']}/{lesions['n_usable']} | {checked} |")
+        training = f"{r['training_minutes']:.0f} min on {r['threads']} threads ({r['steps']})"
+        lines.append(f"| `{name}` | {training} | {_scores(r)} |")
     return lines
 
 
