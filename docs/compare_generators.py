@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from bundle_demo_generators import RECIPE  # this folder (docs/) is on sys.path when the script runs
+from bundle_demo_generators import RECIPE, x2ct  # this folder (docs/) is on sys.path when the script runs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "generator_comparison.json"
@@ -78,10 +78,6 @@ BUNDLED = ("x2ct-demo-biplanar", "x2ct-demo-singleview")
 COMMON = ("grid_size=64", "batch_size=4", "epochs_constant=1000", "epochs_decay=0", "device=cpu",
           "progress=false", "tensorboard=off", "keep_every_epochs=0", "val_every_epochs=0",
           "sample_every_epochs=0", "seed=0")  # fmt: skip
-
-
-def x2ct(*args: object) -> List[str]:
-    return [sys.executable, "-m", "x2ct.cli", *map(str, args)]
 
 
 def portable(value: Any, work: Path) -> Any:
