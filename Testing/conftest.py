@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 import pytest
 import torch
@@ -45,3 +45,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory) -> Iterator[Path]:
+    """A Resources folder (``X2CT_RESOURCES``) with the sample radiographs and tiny untrained models named like
+    the demo models (``test_predict.make_resources``); modules that need more in it define their own."""
+    from test_predict import make_resources
+    from x2ct.resources import RESOURCES_ENV
+
+    root = make_resources(tmp_path_factory.mktemp("Resources"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(RESOURCES_ENV, str(root))
+        yield root

@@ -60,9 +60,13 @@ def digests(out: Path) -> Dict[str, str]:
     }
 
 
-def read_manifest(out: Path) -> List[Dict[str, str]]:
-    with open(out / "manifest.csv", newline="") as fh:
+def csv_rows(path: Path) -> List[Dict[str, str]]:
+    with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def read_manifest(out: Path) -> List[Dict[str, str]]:
+    return csv_rows(out / "manifest.csv")
 
 
 def lines_naming(text: str, name: str) -> List[str]:
@@ -97,7 +101,11 @@ def test_corrupt_ct_is_reported_while_the_rest_build(folder_run):
     reported = lines_naming(folder_run["stderr"], "broken.nii.gz")
     assert len(reported) == 1 and reported[0].startswith("x2ct: error: ") and "Traceback" not in folder_run["stderr"]
     assert len(lines_naming(folder_run["stdout"], "broken.nii.gz")) == 1  # listed once in the summary
-    assert sorted(p.name for p in folder_run["out"].iterdir()) == ["manifest.csv", "patA"]
+    assert sorted(p.name for p in folder_run["out"].iterdir()) == ["failures.csv", "manifest.csv", "patA"]
+    with open(folder_run["out"] / "failures.csv", newline="") as fh:
+        failures = list(csv.DictReader(fh))
+    assert [(r["case_id"], r["source"]) for r in failures] == [("broken", str(folder_run["inputs"] / "broken.nii.gz"))]
+    assert failures[0]["problem"].startswith(f"{folder_run['inputs'] / 'broken.nii.gz'}: ")
 
 
 def test_case_file_layout_and_values(folder_run, sample_ct_path):
@@ -166,7 +174,10 @@ def test_list_file_input_skips_built_and_reports_missing(folder_run):
     code, stdout, stderr = run_cli(listing, folder_run["out"], *TINY)
     assert code == 0 and "0 built, 1 skipped, 1 failed" in stdout
     assert len(lines_naming(stderr, "missing.nii.gz")) == 1
-    assert digests(folder_run["out"]) == folder_run["files"]
+    files = digests(folder_run["out"])
+    files.pop("failures.csv")  # this run's failures: the missing CT, not the corrupt one
+    assert [r["case_id"] for r in csv_rows(folder_run["out"] / "failures.csv")] == ["missing"]
+    assert files == {k: v for k, v in folder_run["files"].items() if k != "failures.csv"}
 
 
 def test_resume_skips_then_rebuilds_a_deleted_case_identically(folder_run):
@@ -181,16 +192,18 @@ def test_resume_skips_then_rebuilds_a_deleted_case_identically(folder_run):
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
 
 
-def test_failed_write_leaves_nothing_and_exit_2_when_no_case_built(folder_run, tmp_path, monkeypatch):
+def test_failed_write_leaves_only_the_failure_report_and_exit_2_when_no_case_built(folder_run, tmp_path, monkeypatch):
     def fail(hu):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(builder, "stored_ct", fail)
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(folder_run["inputs"], out, *TINY)
-    assert code == 2 and "0 built, 0 skipped, 2 failed" in stdout
+    assert code == 2 and stdout == ""
     assert len(lines_naming(stderr, "disk full")) == 1
-    assert [p.name for p in out.rglob("*") if p.is_file()] == ["manifest.csv"]
+    assert stderr.strip().splitlines()[-1] == f"x2ct: error: {out}: all 2 cases failed; see {out / 'failures.csv'}"
+    assert [p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")] == ["failures.csv"]
+    assert len(csv_rows(out / "failures.csv")) == 2
 
 
 def test_missing_input_is_one_line_exit_2(tmp_path):

@@ -12,7 +12,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pydicom
 import pytest
@@ -50,15 +50,6 @@ def make_resources(root: Path) -> Path:
     for kind in ("biplanar", "singleview"):
         save_tiny(kind, root / "Models" / f"x2ct-demo-{kind}")
     return root
-
-
-@pytest.fixture(scope="module")
-def resources(tmp_path_factory) -> Iterator[Path]:
-    """A Resources folder with the sample radiographs and tiny models named like the demo models."""
-    root = make_resources(tmp_path_factory.mktemp("Resources"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(RESOURCES_ENV, str(root))
-        yield root
 
 
 def run(args: List[str], capsys) -> tuple:

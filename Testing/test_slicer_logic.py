@@ -1,8 +1,9 @@
-"""X2CTReconLogic, the batch script and X2CTReconLib run against the Slicer stand-in (Testing/slicer_standin).
+"""X2CTReconLogic, the batch script and X2CTReconLib on Slicer's real MRML (slicer-core) behind Testing/slicer_shim.py.
 
 The scene checks are X2CTReconLib.selftest's, the same functions X2CTReconTest runs inside Slicer.
-The real x2ct pipeline runs with the bundled demo models on the bundled sample radiographs (CPU,
-about a second per reconstruction). Findings and Grad-CAM maps are stand-ins (see selftest).
+The real x2ct pipeline runs with the bundled demo models on the bundled sample radiographs, rewritten
+as NRRD/MHA (slicer-core has no PNG reader; PNG loading is tested through x2ct). Findings and Grad-CAM
+maps are stand-ins (see selftest). Without slicer-core only the X2CTReconLib helper tests run.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import threading
 import types
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import slicer_shim
+
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_mrml = pytest.mark.skipif(not slicer_shim.available(), reason=slicer_shim.MISSING_REASON)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "X2CTRecon"
@@ -26,12 +31,8 @@ MODULE_NAMES = ("X2CTRecon", "X2CTReconLib", "X2CTReconLib.background", "X2CTRec
                 "X2CTReconLib.results", "X2CTReconLib.selftest", "x2ct_batch")
 
 
-
-def _import_module(monkeypatch, tmp_path, **standin):
-    import slicer_standin
-
-    fake = slicer_standin.install(monkeypatch, **standin)
-    monkeypatch.setitem(slicer_standin.util.temporaryRoot, "path", str(tmp_path))
+def _import_module(monkeypatch, tmp_path, **options):
+    fake = slicer_shim.install(monkeypatch, str(tmp_path), **options)
     monkeypatch.setattr(sys, "path", [str(MODULE_DIR), str(MODULE_DIR / "Scripts"), *sys.path])
     for name in MODULE_NAMES:
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -42,7 +43,7 @@ def _import_module(monkeypatch, tmp_path, **standin):
 
 @pytest.fixture()
 def recon(monkeypatch, tmp_path):
-    """(X2CTRecon module, fake slicer) without views, like ``Slicer --no-main-window``."""
+    """(X2CTRecon module, slicer) without views, like ``Slicer --no-main-window``."""
     yield _import_module(monkeypatch, tmp_path)
     for name in MODULE_NAMES:
         sys.modules.pop(name, None)
@@ -50,7 +51,7 @@ def recon(monkeypatch, tmp_path):
 
 @pytest.fixture()
 def recon_gui(monkeypatch, tmp_path):
-    """(X2CTRecon module, fake slicer) with a layout manager, like the Slicer window."""
+    """(X2CTRecon module, slicer) with a layout manager and three slice views, like the Slicer window."""
     yield _import_module(monkeypatch, tmp_path, withViews=True)
     for name in MODULE_NAMES:
         sys.modules.pop(name, None)
@@ -62,23 +63,51 @@ def _logic(module):
     return logic
 
 
-def _samples(fake):
+def _sampleFiles(folder: Path) -> Tuple[Path, Path]:
+    """The bundled sample radiographs (PNG, which slicer-core cannot read) rewritten as PA NRRD and lateral MHA."""
     from X2CTReconLib import selftest
 
-    pa, lateral = selftest.sampleRadiographPaths()
-    return tuple(fake.util.loadVolume(str(path), {"singleFile": True}) for path in (pa, lateral))
+    written = []
+    for png, suffix in zip(selftest.sampleRadiographPaths(), (".nrrd", ".mha")):
+        path = folder / f"{png.stem}{suffix}"
+        sitk.WriteImage(sitk.ReadImage(str(png)), str(path))
+        written.append(path)
+    return written[0], written[1]
+
+
+def _samples(fake, folder: Path):
+    """The sample radiographs loaded as Slicer's "Add Data" does (loadVolume's default ``show``)."""
+    return tuple(fake.util.loadVolume(str(path), {"singleFile": True}) for path in _sampleFiles(folder))
+
+
+def _compositeNodes(fake) -> list:
+    scene = fake.mrmlScene
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")
+    return [scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode") for index in range(count)]
+
+
+def _matrix(volume):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix
 
 
 # --- the checks X2CTReconTest runs in Slicer ---------------------------------------------------------------
 
 
-def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
+@needs_mrml
+def test_reconstruct_sample_radiographs_in_the_scene(recon_gui, tmp_path):
     """X2CTReconTest.test_ReconstructSampleRadiographs: CT geometry, table, heat maps, layers, layout, 3D."""
     module, fake = recon_gui
     from X2CTReconLib import selftest
 
     logic = _logic(module)
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
+    # Slicer's reader shows what it loads: the slice logics' composite nodes get the last volume.
+    assert [c.GetBackgroundVolumeID() for c in _compositeNodes(fake)] == [lateral.GetID()] * 3
+    volumeRendering = fake.modules.volumerendering.logic()
     results = logic.process(pa, lateral, device="cpu", waitForCompletion=True)
     assert results.prediction.model.name == "x2ct-demo-biplanar"
     selftest.checkSyntheticCT(fake, results)
@@ -87,12 +116,13 @@ def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
     assert outputs == ["pe_present", "tb_active", "tb_calcification", "tb_cavitation", "tb_granuloma", "tb_present"]
     assert results.heatMapOutputs == outputs and set(results.heatMaps) == {"ct", "pa"}
     assert fake.app.layoutManager().layout == fake.vtkMRMLLayoutNode.SlicerLayoutFourUpView
-    rendering = fake.mrmlScene.GetFirstNodeByClass("vtkMRMLVolumeRenderingDisplayNode")
-    assert rendering.volumeNodeID == results.ctVolume.GetID() and rendering.GetVisibility() == 1
-    assert rendering.GetVolumePropertyNode().GetName() == "CT-Chest-Contrast-Enhanced"
-    import slicer_standin
-
-    assert {"function": "resetThreeDViews"} in slicer_standin.util.calls
+    rendering = volumeRendering.GetFirstVolumeRenderingDisplayNode(results.ctVolume)
+    assert rendering.GetVolumeNodeID() == results.ctVolume.GetID() and rendering.GetVisibility() == 1
+    assert rendering.GetVolumePropertyNode().GetName() == module.VOLUME_RENDERING_PRESET
+    assert {"function": "resetThreeDViews"} in slicer_shim.calls
+    ctDisplay = results.ctVolume.GetScalarVolumeDisplayNode()
+    assert not ctDisplay.GetAutoWindowLevel()  # real loaders and addVolumeFromArray start with auto W/L
+    assert (ctDisplay.GetWindow(), ctDisplay.GetLevel()) == pytest.approx(module.CT_WINDOW_LEVEL_HU)
 
     prediction = selftest.addStandInClassifierOutputs(results.prediction)
     results = logic.showPrediction(prediction, pa, lateral, heatMapThreshold=0.25)
@@ -100,17 +130,80 @@ def test_reconstruct_sample_radiographs_in_the_scene(recon_gui):
     selftest.checkHeatMaps(fake, results, threshold=0.25)
     selftest.checkSliceLayers(fake, results, logic)
     assert results.heatMapOutputs == sorted(selftest.STAND_IN_OUTPUTS)
-    assert fake.app.layoutManager().rotatedTo == lateral.GetID()  # the last showSliceLayers call
+    for maps in results.heatMaps.values():  # the real default thresholds are -32768..32767
+        assert all(v.GetScalarVolumeDisplayNode().GetUpperThreshold() == 1.0 for v in maps.values())
 
 
-def test_a_new_run_shows_heat_maps_with_the_parameter_nodes_threshold_and_opacity(recon_gui):
+@needs_mrml
+def test_the_modules_own_self_test_passes(recon_gui, tmp_path, monkeypatch):
+    """X2CTReconTest.runTest as "Reload and Test" runs it in Slicer, with the samples as NRRD/MHA (no PNG reader)."""
+    module, fake = recon_gui
+    _install_torch_extension(monkeypatch)
+    from X2CTReconLib import selftest
+
+    files = _sampleFiles(tmp_path)
+    monkeypatch.setattr(selftest, "sampleRadiographPaths", lambda: files)
+    module.X2CTReconTest().runTest()
+    volumes = [fake.mrmlScene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetName()
+               for i in range(fake.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    assert "SYNTHETIC CT (x2ct-demo-singleview)" in volumes  # left by the last test, the background run
+
+
+@needs_mrml
+def test_volume_rendering_starts_hidden_and_the_module_shows_it(recon_gui, tmp_path):
+    """Real display nodes start visible; hide one first so that the module's SetVisibility(1) is what is checked."""
+    module, fake = recon_gui
+    logic = _logic(module)
+    pa, lateral = _samples(fake, tmp_path)
+    results = logic.process(pa, lateral, device="cpu", showResult=False)
+    volumeRendering = fake.modules.volumerendering.logic()
+    display = volumeRendering.CreateDefaultVolumeRenderingNodes(results.ctVolume)
+    display.SetVisibility(0)
+    logic.showLayout(results.ctVolume)
+    assert volumeRendering.GetFirstVolumeRenderingDisplayNode(results.ctVolume) is display  # reused, not a new one
+    assert display.GetVisibility() == 1
+    assert display.GetVolumePropertyNode().GetName() == module.VOLUME_RENDERING_PRESET
+
+
+def _axis(matrix, column: int) -> np.ndarray:
+    vector = np.array([matrix.GetElement(row, column) for row in range(3)])
+    return vector / np.linalg.norm(vector)
+
+
+@needs_mrml
+def test_slice_views_rotate_to_the_shown_volume(recon_gui, tmp_path):
+    """RotateToVolumePlane on the real slice nodes: each view's normal follows the volume axis nearest to it."""
+    module, fake = recon_gui
+    logic = _logic(module)
+    pa, lateral = _samples(fake, tmp_path)
+    results = logic.process(pa, lateral, device="cpu", showResult=False)
+    angle = np.radians(30.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]  # about S
+    tilted = rotation @ fake.util.arrayFromVTKMatrix(_matrix(results.ctVolume))
+    results.ctVolume.SetIJKToRASMatrix(fake.util.vtkMatrixFromArray(tilted))
+    layoutManager = fake.app.layoutManager()
+    red = layoutManager.sliceWidget("Red").mrmlSliceNode()
+    assert abs(_axis(red.GetSliceToRAS(), 0) @ _axis(_matrix(results.ctVolume), 0)) < 0.9  # not yet rotated
+    logic.showSliceLayers(results, "ct", results.heatMapOutputs[0])
+    ct = _matrix(results.ctVolume)
+    # volume axes i, j, k run along R, A, S (rotated 30 degrees about S): Yellow (sagittal) looks along i,
+    # Green (coronal) along j and Red (axial) along k; Red's in-plane x axis follows i.
+    for view, axis in (("Yellow", 0), ("Green", 1), ("Red", 2)):
+        normal = _axis(layoutManager.sliceWidget(view).mrmlSliceNode().GetSliceToRAS(), 2)
+        assert abs(normal @ _axis(ct, axis)) == pytest.approx(1.0, abs=1e-6), view
+    assert abs(_axis(red.GetSliceToRAS(), 0) @ _axis(ct, 0)) == pytest.approx(1.0, abs=1e-6)
+
+
+@needs_mrml
+def test_a_new_run_shows_heat_maps_with_the_parameter_nodes_threshold_and_opacity(recon_gui, tmp_path):
     """process() without explicit values takes the heat-map threshold and opacity from the parameter node (the
     panel's sliders), not showPrediction's defaults."""
     module, fake = recon_gui
     logic = _logic(module)
     parameters = logic.getParameterNode()
     parameters.heatMapThreshold, parameters.heatMapOpacity = 0.65, 0.85
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
     results = logic.process(pa, lateral, device="cpu", waitForCompletion=True)
     maps = [volume for byOutput in results.heatMaps.values() for volume in byOutput.values()]
     thresholds = [volume.GetScalarVolumeDisplayNode().GetLowerThreshold() for volume in maps]
@@ -125,34 +218,68 @@ def test_a_new_run_shows_heat_maps_with_the_parameter_nodes_threshold_and_opacit
 
 def _foregroundOpacities(fake) -> List[float]:
     """The foreground opacity of every slice view of the scene."""
-    scene = fake.mrmlScene
-    return [
-        scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode").GetForegroundOpacity()
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
-    ]
+    return [composite.GetForegroundOpacity() for composite in _compositeNodes(fake)]
 
 
-def test_background_run_reports_progress_and_cancel_adds_nothing(recon):
+@needs_mrml
+def test_background_run_reports_progress_and_cancel_adds_nothing(recon, tmp_path):
     """X2CTReconTest.test_BackgroundRunAndCancel: non-blocking runs polled by single-shot timers."""
-    import slicer_standin
-
     module, fake = recon
     from X2CTReconLib import selftest
 
     logic = _logic(module)
-    pa, _ = _samples(fake)
+    pa, _ = _samples(fake, tmp_path)
     record = selftest.runInBackground(fake, logic, pa, cancelAtOnce=False)
-    assert slicer_standin.runEventLoop(lambda: record.get("completed"))
+    assert slicer_shim.runEventLoop(lambda: record.get("completed"))
     selftest.checkBackgroundRecord(record, cancelled=False)
     assert not logic.isRunning
     assert record["results"].prediction.model.name == "x2ct-demo-singleview"
 
     record = selftest.runInBackground(fake, logic, pa, cancelAtOnce=True)
-    assert slicer_standin.runEventLoop(lambda: record.get("completed"))
+    assert slicer_shim.runEventLoop(lambda: record.get("completed"))
     selftest.checkBackgroundRecord(record, cancelled=True)
     assert logic.errorMessage(record["error"]).startswith("Cancelled")
 
 
+@needs_mrml
+@pytest.mark.parametrize("where, function, nextStage", [
+    ("x2ct.inference.run", "run_generator", "re-projection check"),
+    ("x2ct.inference.predict", "run_classifiers", "prediction done"),
+])
+def test_cancel_in_the_middle_of_a_stage_stops_at_its_end(recon, tmp_path, monkeypatch, where, function, nextStage):
+    """Cancel pressed while the generator (or the classifiers) run: the worker thread finishes that stage, then
+    stops at the next boundary with PredictionCancelled; no later stage starts and nothing reaches the scene."""
+    import importlib
+
+    module, fake = recon
+    from X2CTReconLib import selftest
+
+    logic = _logic(module)
+    pa, _ = _samples(fake, tmp_path)
+    stageModule = importlib.import_module(where)
+    real = getattr(stageModule, function)
+    inside, cancelled, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slowStage(*args, **kwargs):
+        inside.set()
+        assert cancelled.wait(30), "the test did not cancel"
+        result = real(*args, **kwargs)
+        finished.set()
+        return result
+
+    monkeypatch.setattr(stageModule, function, slowStage)
+    record = selftest.runInBackground(fake, logic, pa, cancelAtOnce=False)
+    assert inside.wait(60), f"{function} never ran"
+    logic.cancel()
+    cancelled.set()
+    assert slicer_shim.runEventLoop(lambda: record.get("completed"))
+    selftest.checkBackgroundRecord(record, cancelled=True)
+    assert finished.is_set()  # the stage itself is not interrupted (a thread cannot be killed)
+    messages = [message for _, message in record["progress"]]
+    assert nextStage not in messages and not any(m.startswith("adding the results") for m in messages), messages
+
+
+@needs_mrml
 def test_volume_from_canonical_image_geometry(recon):
     """X2CTReconTest.test_AddVolumeFromImageGeometry."""
     module, fake = recon
@@ -167,15 +294,44 @@ def test_volume_from_canonical_image_geometry(recon):
     assert node.GetName() == "SYNTHETIC test"
 
 
-def test_checks_catch_a_misplaced_ct(recon):
+def _valueAtRAS(fake, volume, ras) -> float:
+    """The voxel of ``volume`` whose centre is at ``ras`` (mm)."""
+    ijk = np.linalg.inv(fake.util.arrayFromVTKMatrix(_matrix(volume))) @ np.array([*ras, 1.0])
+    index = np.rint(ijk[:3]).astype(int)
+    assert np.allclose(ijk[:3], index, atol=1e-4), ijk
+    return float(fake.util.arrayFromVolume(volume)[index[2], index[1], index[0]])
+
+
+@needs_mrml
+def test_left_handed_ct_is_flipped_by_slicer_and_placed_alike_by_the_module(recon, sample_ct_path):
+    """The sample CT is left-handed in RAS. Slicer's reader (>= 5.8) flips its k axis; the module keeps SimpleITK's
+    voxel order. Both must put every voxel at the same RAS position."""
+    module, fake = recon
+    loaded = fake.util.loadVolume(str(sample_ct_path), {"singleFile": True, "show": False})
+    matrix = fake.util.arrayFromVTKMatrix(_matrix(loaded))
+    assert matrix[2, 2] == pytest.approx(-2.5) and matrix[2, 3] == pytest.approx(-10.0)  # file: +2.5, z -340
+    assert np.linalg.det(matrix[:3, :3]) > 0
+    image = sitk.ReadImage(str(sample_ct_path))
+    added = _logic(module).addVolumeFromImage(image, "as SimpleITK reads it")
+    assert np.linalg.det(fake.util.arrayFromVTKMatrix(_matrix(added))[:3, :3]) < 0
+    size = image.GetSize()
+    for index in ((0, 0, 0), (size[0] - 1, 3, 7), (20, size[1] - 1, size[2] - 1), (70, 80, 60)):
+        lps = image.TransformIndexToPhysicalPoint(index)
+        ras = (-lps[0], -lps[1], lps[2])
+        expected = float(image[index])
+        assert _valueAtRAS(fake, loaded, ras) == expected == _valueAtRAS(fake, added, ras), index
+
+
+@needs_mrml
+def test_checks_catch_a_misplaced_ct(recon, tmp_path):
     """The shared geometry check fails on an LPS matrix used as RAS (the mistake it guards against)."""
     module, fake = recon
     from X2CTReconLib import selftest
 
     logic = _logic(module)
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
     results = logic.process(pa, lateral, device="cpu", showResult=False)
-    results.ctVolume.SetIJKToRASMatrix(fake.util.vtkMatrixFromArray(results.prediction.grid.ijk_to_lps()))
+    results.ctVolume.SetIJKToRASMatrix(fake.util.vtkMatrixFromArray(np.asarray(results.prediction.grid.ijk_to_lps())))
     with pytest.raises(AssertionError):
         selftest.checkSyntheticCT(fake, results)
 
@@ -183,6 +339,7 @@ def test_checks_catch_a_misplaced_ct(recon):
 # --- radiograph heat maps and loaders ---------------------------------------------------------------------
 
 
+@needs_mrml
 def test_radiograph_heat_map_follows_a_loader_that_reverses_rows(recon):
     module, fake = recon
     logic = _logic(module)
@@ -202,34 +359,29 @@ def test_radiograph_heat_map_follows_a_loader_that_reverses_rows(recon):
         np.testing.assert_allclose(fake.util.arrayFromVTKMatrix(_matrix(volume)), matrix)
 
 
-def _matrix(volume):
-    import vtk
-
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
-    return matrix
-
-
+@needs_mrml
 def test_radiograph_heat_map_keeps_the_parent_transform_and_rejects_other_sizes(recon):
     module, fake = recon
     logic = _logic(module)
     pixels = np.linspace(0, 1, 40 * 50, dtype=np.float32).reshape(40, 50)
     node = fake.util.addVolumeFromArray(pixels[None], name="radiograph")
-    node.SetAndObserveTransformNodeID("vtkMRMLLinearTransformNode4")
+    transform = fake.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "detector placement")
+    node.SetAndObserveTransformNodeID(transform.GetID())
     volume = logic.addRadiographHeatMap(np.ones((40, 50), np.float32), node, pixels, "map")
-    assert volume.GetTransformNodeID() == "vtkMRMLLinearTransformNode4"
+    assert volume.GetTransformNodeID() == transform.GetID()
     with pytest.raises(ValueError, match="does not match"):
         logic.addRadiographHeatMap(np.ones((40, 51), np.float32), node, pixels, "map")
     with pytest.raises(ValueError, match="holds"):
         logic.addRadiographHeatMap(np.ones((50, 40), np.float32), node, pixels.T.copy(), "map")
 
 
-def test_unplaceable_radiograph_heat_map_becomes_a_warning(recon):
+@needs_mrml
+def test_unplaceable_radiograph_heat_map_becomes_a_warning(recon, tmp_path):
     module, fake = recon
     from X2CTReconLib import selftest
 
     logic = _logic(module)
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
     results = logic.process(pa, lateral, device="cpu", showResult=False)
     prediction = selftest.addStandInClassifierOutputs(results.prediction)
     from x2ct.views import PA
@@ -243,21 +395,20 @@ def test_unplaceable_radiograph_heat_map_becomes_a_warning(recon):
 # --- user errors, dependencies ------------------------------------------------------------------------------
 
 
+@needs_mrml
 def test_file_lookup_errors_are_one_line_input_errors(recon, tmp_path):
-    import slicer_standin
-
     module, fake = recon
     from x2ct.errors import InputError
 
     logic = _logic(module)
     with pytest.raises(InputError, match="not loaded from a file"):
         logic.process(fake.util.addVolumeFromArray(np.zeros((1, 40, 40), np.uint8), name="made in memory"))
-    moved = slicer_standin.volumeFromFile(fake, str(tmp_path / "moved away.png"), "moved")
-    with pytest.raises(InputError, match="moved away.png") as error:
+    moved = slicer_shim.volumeFromFile(fake, str(tmp_path / "moved away.nrrd"), "moved")
+    with pytest.raises(InputError, match="moved away.nrrd") as error:
         logic.process(moved, device="cpu")
     assert logic.errorMessage(error.value) == str(error.value) and "\n" not in str(error.value)
 
-    dicomNode = slicer_standin.volumeFromFile(fake, None, "from DICOM")
+    dicomNode = slicer_shim.volumeFromFile(fake, None, "from DICOM")
     dicomNode.SetAttribute("DICOM.instanceUIDs", "1.2.826.0.1.3 1.2.826.0.1.4")
     fake.dicomDatabase.files["1.2.826.0.1.3"] = str(tmp_path / "x.dcm")
     assert logic.radiographFilePath(dicomNode) == str(tmp_path / "x.dcm")
@@ -266,21 +417,21 @@ def test_file_lookup_errors_are_one_line_input_errors(recon, tmp_path):
         logic.radiographFilePath(dicomNode)
 
 
-def test_pipeline_errors_reach_the_callback_as_one_message(recon):
-    import slicer_standin
-
+@needs_mrml
+def test_pipeline_errors_reach_the_callback_as_one_message(recon, tmp_path):
     module, fake = recon
     logic = _logic(module)
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
     outcome = {}
     logic.process(pa, lateral, modelName="x2ct-demo-singleview", device="cpu", waitForCompletion=False,
                   completedCallback=lambda results, error: outcome.update(results=results, error=error))
-    assert slicer_standin.runEventLoop(lambda: "error" in outcome)
+    assert slicer_shim.runEventLoop(lambda: "error" in outcome)
     assert outcome["results"] is None
     message = logic.errorMessage(outcome["error"])
     assert "single-view" in message and "\n" not in message and "Traceback" not in message
 
 
+@needs_mrml
 def test_unexpected_errors_log_the_trace_and_show_one_line(recon, caplog):
     module, _ = recon
     logic = _logic(module)
@@ -308,6 +459,7 @@ class _FakeTorchLogic:
         return self.installResult
 
 
+@needs_mrml
 def test_torch_comes_from_the_pytorch_extension(recon, monkeypatch):
     module, _ = recon
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails like a missing extension
@@ -330,32 +482,32 @@ def test_torch_comes_from_the_pytorch_extension(recon, monkeypatch):
     assert len(_FakeTorchLogic.calls) == 1
 
 
+@needs_mrml
 @pytest.mark.parametrize("version", [(5, 8), (5, 12)])
 def test_missing_packages_installed_after_consent_with_everything_else_pinned(monkeypatch, tmp_path, version):
+    """Real slicer.util dialogs (ctkMessageBox) and pip_install; the shim answers and records them."""
     module, fake = _import_module(monkeypatch, tmp_path, major=version[0], minor=version[1])
     from X2CTReconLib import dependencies
-
-    import slicer_standin
 
     absent = {"pylibjpeg-rle", "h5py-not-installed"}
     real = dependencies.installedVersion
     monkeypatch.setattr(dependencies, "installedVersion", lambda name: None if name in absent else real(name))
     monkeypatch.setattr(dependencies, "readRequirements", lambda path: ["numpy>=1.22", "h5py-not-installed>=3.6"])
 
-    slicer_standin.util.answers["confirmOkCancelDisplay"] = False
+    slicer_shim.answers["confirm"] = False
     with pytest.raises(module.X2CTReconLib.DependencyError, match="cannot run without"):
         module.X2CTReconLogic().checkDependencies(requireTorch=False)
-    assert [c["function"] for c in slicer_standin.util.calls] == ["confirmOkCancelDisplay"]
-    assert "h5py-not-installed>=3.6" in slicer_standin.util.calls[0]["text"]
+    assert [c["function"] for c in slicer_shim.calls] == ["messageBox"]
+    assert "h5py-not-installed>=3.6" in slicer_shim.calls[0]["text"]
 
-    slicer_standin.util.calls.clear()
+    slicer_shim.calls.clear()
     with pytest.raises(module.X2CTReconLib.DependencyError, match="Open X2CT Recon in the Slicer window"):
         module.X2CTReconLogic().checkDependencies(requireTorch=False, allowInstall=False)
-    assert slicer_standin.util.calls == []
+    assert slicer_shim.calls == []
 
-    slicer_standin.util.answers["confirmOkCancelDisplay"] = True
+    slicer_shim.answers["confirm"] = True
     module.X2CTReconLogic().checkDependencies(requireTorch=False)
-    pip = [c for c in slicer_standin.util.calls if c["function"] == "pip_install"]
+    pip = [c for c in slicer_shim.calls if c["function"] == "pip_install"]
     assert len(pip) == 1
     if version >= (5, 11):
         assert pip[0]["requirements"] == ["h5py-not-installed>=3.6"] and pip[0]["requester"] == "X2CT Recon"
@@ -363,6 +515,7 @@ def test_missing_packages_installed_after_consent_with_everything_else_pinned(mo
     else:
         assert pip[0]["requirements"][0] == "-c" and pip[0]["requirements"][2:] == ["h5py-not-installed>=3.6"]
         constraints = pip[0]["requirements"][1]
+    assert Path(constraints).is_relative_to(tmp_path)  # slicer.util.tempDirectory under slicer.app.temporaryPath
     pins = Path(constraints).read_text().splitlines()
     assert f"numpy=={real('numpy')}" in pins and f"pydicom=={real('pydicom')}" in pins
 
@@ -370,16 +523,17 @@ def test_missing_packages_installed_after_consent_with_everything_else_pinned(mo
 # --- saving, exporting, batch -------------------------------------------------------------------------------
 
 
+@needs_mrml
 def test_save_nrrd_findings_csv_and_dicom_export(recon, tmp_path):
     module, fake = recon
     from X2CTReconLib import selftest
 
     logic = _logic(module)
-    pa, lateral = _samples(fake)
+    pa, lateral = _samples(fake, tmp_path)
     results = logic.process(pa, lateral, device="cpu", showResult=False)
     selftest.addStandInClassifierOutputs(results.prediction)
 
-    nrrd = logic.saveSyntheticCT(results, str(tmp_path / "ct.nrrd"))
+    nrrd = logic.saveSyntheticCT(results, str(tmp_path / "ct.nrrd"))  # the CT node's own storage node writes it
     saved, expected = sitk.ReadImage(nrrd), results.prediction.image()
     np.testing.assert_allclose(saved.GetOrigin(), expected.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(saved.GetDirection(), expected.GetDirection(), atol=1e-6)
@@ -391,8 +545,8 @@ def test_save_nrrd_findings_csv_and_dicom_export(recon, tmp_path):
     assert float(rows[1]["probability"]) == results.prediction.findings[1].probability
 
     folder = Path(logic.exportToDicomDatabase(results))
-    (imported, copied), = fake.dicomDatabase.imported
-    assert imported == str(folder / "dicom") and copied
+    imports = [c for c in slicer_shim.calls if c["function"] == "importDicom"]
+    assert imports == [{"function": "importDicom", "folder": str(folder / "dicom"), "copyFiles": True}]
     import pydicom
 
     first = pydicom.dcmread(sorted((folder / "dicom").iterdir())[0], stop_before_pixels=True)
@@ -408,15 +562,18 @@ def _install_torch_extension(monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", fake)
 
 
+@needs_mrml
 def test_batch_script_writes_what_x2ct_predict_writes(recon, tmp_path, monkeypatch, capsys):
+    """A DICOM PA and an MHA lateral, read by Slicer's readers (vtkITK) in the batch and by x2ct for reference."""
     module, fake = recon
     _install_torch_extension(monkeypatch)
     import x2ct_batch
-    from X2CTReconLib import selftest
 
+    from radiograph_factory import write_dx
     from x2ct.inference import predict_to_folder
 
-    pa, lateral = selftest.sampleRadiographPaths()
+    pa = write_dx(tmp_path / "pa.dcm", view_position="PA")
+    _, lateral = _sampleFiles(tmp_path)
     out = tmp_path / "batch"
     assert x2ct_batch.run(["--pa", str(pa), "--lateral", str(lateral), "-o", str(out), "--device", "cpu"]) == 0
     reference = predict_to_folder(tmp_path / "cli", pa, lateral, device="cpu")
@@ -427,17 +584,25 @@ def test_batch_script_writes_what_x2ct_predict_writes(recon, tmp_path, monkeypat
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "synthetic_ct.nrrd"))),
                                   sitk.GetArrayFromImage(reference.image()))
     assert "wrote" in capsys.readouterr().out
+    volumes = [fake.mrmlScene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+               for i in range(fake.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    assert {v.GetStorageNode().GetFileName() for v in volumes if v.GetStorageNode()} == {str(pa), str(lateral)}
+    assert fake.app.applicationLogic().GetSelectionNode().GetActiveVolumeID() is None  # loaded with show off
 
 
+@needs_mrml
 def test_batch_script_exit_codes(recon, tmp_path, monkeypatch, capsys):
     module, fake = recon
     _install_torch_extension(monkeypatch)
     import x2ct_batch
-    from X2CTReconLib import selftest
 
-    pa, _ = selftest.sampleRadiographPaths()
-    assert x2ct_batch.run(["--pa", str(tmp_path / "missing.png"), "-o", str(tmp_path / "a")]) == 2
-    assert "missing.png: file not found" in capsys.readouterr().err
+    pa, _ = _sampleFiles(tmp_path)
+    assert x2ct_batch.run(["--pa", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "a")]) == 2
+    assert "missing.nrrd: file not found" in capsys.readouterr().err
+    unreadable = tmp_path / "notes.nrrd"
+    unreadable.write_text("not an image")
+    assert x2ct_batch.run(["--pa", str(unreadable), "-o", str(tmp_path / "a")]) == 2
+    assert "notes.nrrd: Slicer could not load this file as an image" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
@@ -452,7 +617,7 @@ def test_batch_script_exit_codes(recon, tmp_path, monkeypatch, capsys):
     assert "PyTorch extension" in capsys.readouterr().err
 
 
-# --- X2CTReconLib helpers, without the stand-in --------------------------------------------------------------
+# --- X2CTReconLib helpers, without Slicer --------------------------------------------------------------
 
 
 @pytest.fixture()

@@ -6,12 +6,13 @@ lists the top-level functions of Base/Python/slicer/util.py), the template's cla
 calls must be present, the code must parse as Python 3.9 (Slicer 5.8), every widget the code
 touches must exist in the .ui, and every other Slicer/VTK method the module calls must be listed in
 the README's Slicer API table. The pure helpers in X2CTReconLib are tested numerically; the logic
-itself runs against the Slicer stand-in in Testing/test_slicer_logic.py.
+itself runs on Slicer's real MRML (slicer-core) in Testing/test_slicer_logic.py.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -134,6 +135,17 @@ def test_collector_finds_real_and_bogus_names():
 @pytest.mark.parametrize("path", module_sources(), ids=lambda p: p.name)
 def test_module_uses_only_real_slicer_util_names(path):
     assert unknown_util_names(parse(path)) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("slicer_core") is None,
+                    reason="slicer-core (which ships Slicer's own slicer/util.py) is not installed")
+def test_every_util_name_the_module_uses_is_in_slicer_cores_util():
+    """slicer-core ships Base/Python/slicer/util.py as released: each name the module uses must be defined there."""
+    spec = importlib.util.find_spec("slicer_core")
+    tree = parse(Path(spec.origin).parents[1] / "slicer" / "util.py")
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    used = {name for path in module_sources() for name, _ in slicer_util_uses(parse(path))}
+    assert used and used <= defined, sorted(used - defined)
 
 
 def test_module_file_uses_slicer_util():

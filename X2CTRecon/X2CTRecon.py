@@ -770,7 +770,8 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
                     continue
                 try:
                     node = self.addRadiographHeatMap(heatMap, volume, prepared.radiograph.pixels,
-                                                     f"Grad-CAM {output} on {volume.GetName()}")
+                                                     f"Grad-CAM {output} on {volume.GetName()}",
+                                                     prepared.radiograph.metadata.get("reduction") or 1)
                 except ValueError as err:
                     warnings.append(f"Grad-CAM {output} on {source} not shown: {err}")
                     continue
@@ -822,17 +823,18 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         return table
 
     def addRadiographHeatMap(self, heatMap, radiographVolume: vtkMRMLScalarVolumeNode, x2ctPixels,
-                             name: str) -> vtkMRMLScalarVolumeNode:
+                             name: str, reduction: int = 1) -> vtkMRMLScalarVolumeNode:
         """A Grad-CAM map on a radiograph as a volume on that radiograph node's own pixel grid.
 
-        ``heatMap`` and ``x2ctPixels`` are (rows, columns) as x2ct read the file; the node's voxels
+        ``heatMap`` and ``x2ctPixels`` are (rows, columns) as x2ct read the file, reduced by ``reduction``
+        (x2ct's ``metadata["reduction"]``; the node holds the file's full pixel grid); the node's voxels
         are compared with them to find the loader's pixel order (X2CTReconLib.results), and the
         map gets the node's IJKToRAS and parent transform. Raises ValueError when the sizes differ.
         """
         nodePixels = slicer.util.arrayFromVolume(radiographVolume)
         if nodePixels.ndim != 3 or nodePixels.shape[0] != 1:
             raise ValueError(f"{radiographVolume.GetName()} is not a single 2-D image ({nodePixels.shape})")
-        voxels = X2CTResults.radiographHeatMapVoxels(heatMap, nodePixels[0], x2ctPixels)
+        voxels = X2CTResults.radiographHeatMapVoxels(heatMap, nodePixels[0], x2ctPixels, reduction)
         ijkToRAS = vtk.vtkMatrix4x4()
         radiographVolume.GetIJKToRASMatrix(ijkToRAS)
         volume = slicer.util.addVolumeFromArray(voxels, ijkToRAS=ijkToRAS, name=name)
@@ -929,8 +931,8 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
 class X2CTReconTest(ScriptedLoadableModuleTest):
     """Tests run inside Slicer ("Reload and Test" or ctest). They need no network and no GPU.
 
-    The checks are the functions of X2CTReconLib.selftest, which pytest also runs against the
-    stand-in (Testing/test_slicer_logic.py).
+    The checks are the functions of X2CTReconLib.selftest, which pytest also runs on Slicer's real
+    MRML from the slicer-core wheel (Testing/test_slicer_logic.py).
     """
 
     def setUp(self):

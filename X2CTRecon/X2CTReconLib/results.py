@@ -126,16 +126,23 @@ def _oriented(image: np.ndarray, orientation: str) -> np.ndarray:
     return image
 
 
-def radiographOrientation(nodePixels: np.ndarray, x2ctPixels: np.ndarray, margin: float = 0.05) -> str:
+def radiographOrientation(nodePixels: np.ndarray, x2ctPixels: np.ndarray, margin: float = 0.05,
+                          reduction: int = 1) -> str:
     """Which of :data:`RADIOGRAPH_ORIENTATIONS` turns ``x2ctPixels`` into ``nodePixels``.
 
     Both are (rows, columns) images of the same radiograph: as ``x2ct.io.read_radiograph`` read the
     file (rows as stored) and as the volume node holds it (``arrayFromVolume(node)[0]``). Slicer's
     file readers keep the stored order, so "as stored" is expected; another order is chosen only
     when its absolute correlation beats "as stored" by more than ``margin`` (absolute, because x2ct
-    inverts MONOCHROME1 images and Slicer shows them as stored). Raises ValueError when the shapes
+    inverts MONOCHROME1 images and Slicer shows them as stored). ``reduction``: the factor by which x2ct
+    reduced a large radiograph (``metadata["reduction"]``); the node's pixels are reduced the same way
+    (``x2ct.io.radiograph.block_mean``) before they are compared. Raises ValueError when the shapes
     differ (then the node is not the radiograph x2ct read).
     """
+    if reduction > 1:
+        from x2ct.io.radiograph import block_mean
+
+        nodePixels = block_mean(nodePixels, reduction)
     if nodePixels.shape != x2ctPixels.shape:
         raise ValueError(f"volume holds {nodePixels.shape} pixels but the radiograph read has {x2ctPixels.shape}")
     scores = {o: abs(_pearson(nodePixels, _oriented(x2ctPixels, o))) for o in RADIOGRAPH_ORIENTATIONS}
@@ -143,12 +150,21 @@ def radiographOrientation(nodePixels: np.ndarray, x2ctPixels: np.ndarray, margin
     return best if scores[best] > scores["as stored"] + margin else "as stored"
 
 
-def radiographHeatMapVoxels(heatMap: np.ndarray, nodePixels: np.ndarray, x2ctPixels: np.ndarray) -> np.ndarray:
-    """A Grad-CAM map on x2ct's radiograph pixels, reordered like the node's voxels, as a (1, rows, cols) volume."""
+def radiographHeatMapVoxels(heatMap: np.ndarray, nodePixels: np.ndarray, x2ctPixels: np.ndarray,
+                            reduction: int = 1) -> np.ndarray:
+    """A Grad-CAM map on x2ct's radiograph pixels, reordered like the node's voxels, as a (1, rows, cols) volume.
+
+    When x2ct reduced the radiograph by ``reduction`` (``metadata["reduction"]``), each map pixel is spread back
+    over the ``reduction`` x ``reduction`` block of the node's pixels it was the mean of.
+    """
     if heatMap.shape != x2ctPixels.shape:
         raise ValueError(f"heat map {heatMap.shape} does not match the radiograph's pixels {x2ctPixels.shape}")
-    orientation = radiographOrientation(nodePixels, x2ctPixels)
-    return np.ascontiguousarray(_oriented(np.asarray(heatMap, dtype=np.float32), orientation))[None]
+    orientation = radiographOrientation(nodePixels, x2ctPixels, reduction=reduction)
+    voxels = np.asarray(heatMap, dtype=np.float32)
+    if reduction > 1:
+        rows, columns = nodePixels.shape
+        voxels = np.repeat(np.repeat(voxels, reduction, axis=0), reduction, axis=1)[:rows, :columns]
+    return np.ascontiguousarray(_oriented(voxels, orientation))[None]
 
 
 def modelCardTooltip(modelsFolder: Path, name: str, maxCharacters: int = 1500) -> str:

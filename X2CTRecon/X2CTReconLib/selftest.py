@@ -1,7 +1,8 @@
-"""Checks shared by X2CTReconTest (inside Slicer) and Testing/test_slicer_logic.py (pytest, stand-in).
+"""Checks shared by X2CTReconTest (inside Slicer) and Testing/test_slicer_logic.py (pytest, real MRML).
 
-Every function takes the ``slicer`` module it runs against, so the same assertions run on the real
-application and on Testing/slicer_standin. They raise AssertionError with a message.
+Every function takes the ``slicer`` module it runs against, so the same assertions run in the Slicer
+application and on slicer-core's MRML behind Testing/slicer_shim.py. They raise AssertionError with a
+message.
 
 Findings and Grad-CAM maps come from classifiers that the bundled demo generators do not carry, so
 :func:`addStandInClassifierOutputs` writes deterministic stand-in maps with a single known peak into

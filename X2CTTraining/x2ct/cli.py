@@ -9,6 +9,12 @@ Under ``torchrun`` with several processes (:mod:`x2ct.distributed`) each error l
 exits with status 1; only rank 0 prints a command's summary. Only ``train-generator``,
 ``train-classifier``, ``synthesize-ct`` and ``predict --manifest`` run as several processes; the
 other commands refuse (status 2).
+
+Operating-system errors (permission denied, read-only or full disk, a file where a folder is needed)
+are user-side problems too: one line naming the path, status 2. Any other exception is a bug: one
+line ``x2ct: error: internal error (<type>: <message>); please report it at <ISSUES_URL> ...``
+and status 1; set the environment variable ``X2CT_DEBUG=1`` to see its traceback as well. x2ct's
+own warnings print as one line ``x2ct: warning: <file>: <problem>``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import argparse
 import json
 import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Type
 
 from . import __version__
 from .errors import InputError
+from .userfiles import FAILURES_CSV, all_failed_error, check_output_file, check_output_folder, os_error_line
 from .views import LATERAL_KEY, PA_KEY
 
 if TYPE_CHECKING:
@@ -34,6 +43,10 @@ SAMPLE = "sample"
 """``--synthetic-from`` value (also its default when given alone) meaning the bundled real CT."""
 BOTH_VIEWS = "both"
 """``drr --view`` value meaning the PA and the lateral."""
+ISSUES_URL = "https://github.com/SlicerX2CT/SlicerX2CT/issues"
+"""Where internal errors are reported (the ``Issues`` URL of X2CTTraining/pyproject.toml)."""
+DEBUG_ENV = "X2CT_DEBUG"
+"""Environment variable: ``1`` prints the traceback of an internal error after its one line."""
 
 
 def _print_json(data: dict) -> None:
@@ -47,20 +60,39 @@ def _print_fields(data: dict) -> None:
 
 
 def info_dict(path: str, view: Optional[str] = None) -> dict:
-    """The ``x2ct info`` record of a radiograph or CT (JSON-serialisable)."""
-    from .io import ct_info, read_ct, read_radiograph
-    from .io.kind import CT, detect_kind
+    """The ``x2ct info`` record of a radiograph, a CT or another DICOM object (JSON-serialisable).
 
-    if detect_kind(path) == CT:
+    A DICOM file that is neither (a segmentation, an MR image, a report, ...) gets ``kind``
+    ``"not-radiograph"`` with its ``modality``, ``sop_class`` and a ``description`` line; its pixels are not read.
+    """
+    from .io import ct_info, read_ct, read_radiograph
+    from .io.kind import CT, NOT_RADIOGRAPH, detect_kind, dicom_identity, not_radiograph_reason
+
+    kind = detect_kind(path)
+    if kind == CT:
         if view is not None:
             raise InputError(path, "holds a CT volume, not a radiograph (--view applies to radiographs only)")
         return {"kind": "ct", "path": str(path), **ct_info(read_ct(path))}
+    if kind == NOT_RADIOGRAPH:
+        modality, sop_class = dicom_identity(path)
+        description = not_radiograph_reason(modality, sop_class)
+        if view is not None:
+            raise InputError(path, f"{description} (--view applies to radiographs only)")
+        return {
+            "kind": NOT_RADIOGRAPH,
+            "path": str(path),
+            "modality": modality,
+            "sop_class_uid": sop_class,
+            "description": description,
+        }
     radiograph = read_radiograph(path, view=view)
     meta = radiograph.metadata
     return {
         "kind": "radiograph",
         "path": str(path),
         "size": list(radiograph.pixels.shape),
+        "stored_size": meta.get("stored_size"),
+        "reduction": meta.get("reduction"),
         "spacing_mm": list(radiograph.spacing_mm) if radiograph.spacing_mm else None,
         "view": radiograph.view,
         "photometric": meta.get("photometric"),
@@ -88,6 +120,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise InputError(args.output, f"unknown output format; use one of {', '.join(VOLUME_SUFFIXES)}")
     if args.preview and not args.canonical:
         raise InputError(args.preview, "--preview needs --canonical (it draws the canonical grid's central slices)")
+    for output in (args.output, args.preview):
+        if output:
+            check_output_file(output)
     image = read_ct(args.input)
     if args.canonical:
         image = to_canonical(image, size=args.size)
@@ -103,6 +138,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     from .models.checkpoints import convert_checkpoint
 
+    (check_output_file if Path(args.output).suffix == ".safetensors" else check_output_folder)(args.output)
     written = convert_checkpoint(args.input, args.output)
     print(f"wrote {written}")
     return 0
@@ -147,6 +183,7 @@ def cmd_drr(args: argparse.Namespace) -> int:
         raise InputError(None, f"--size {args.size}: choose a detector size between 16 and 2048 pixels")
     geometry = _geometry(args)
     chosen = {PA_KEY: (PA,), LATERAL_KEY: (LATERAL,), BOTH_VIEWS: (PA, LATERAL)}[args.view]
+    check_output_folder(args.output)
     ct = read_ct(args.ct)
     written = write_drrs(ct, args.output, views=chosen, size=args.size, geometry=geometry, device=args.device)
     for paths in written.values():
@@ -174,6 +211,7 @@ def cmd_build_dataset(args: argparse.Namespace) -> int:
         ratios=_parse_ratios(args.split),
         geometry=geometry,
     )
+    check_output_folder(args.output)
     if args.synthetic_from is None:
         if args.input is None:
             raise InputError(None, "give INPUT (a folder of CTs or a list file) or --synthetic-from")
@@ -187,14 +225,16 @@ def cmd_build_dataset(args: argparse.Namespace) -> int:
         ct = sample_ct_path() if sample else Path(args.synthetic_from)
         labels = Path(args.labels) if args.labels else sample_labels_path()
         report = build_synthetic_dataset(ct, labels, args.output, args.cases, options)
+    if report.exit_code:
+        raise all_failed_error(report.out, len(report.failed))
     print(report.summary())
-    return report.exit_code
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.output), device=args.device)
+    run_demo(check_output_folder(args.output), device=args.device)
     return 0
 
 
@@ -207,12 +247,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.pa or args.lateral:
             raise InputError(args.manifest, "give either --manifest or --pa/--lateral, not both")
         batch = predict_manifest(args.manifest, args.output, view_override=args.view_override, **options)
+        failed = batch.count("failed")
+        if failed == len(batch.cases):
+            if batch.rank == 0:
+                raise all_failed_error(args.output, failed)
+            return EXIT_USER_ERROR
         if batch.rank == 0:
+            failures = f" and {batch.failures_csv}" if batch.failures_csv else ""
             print(
                 f"predicted {batch.count('done')}, skipped {batch.count('skipped')} (finished earlier), "
-                f"failed {batch.count('failed')}; see {batch.summary_csv}"
+                f"failed {failed}; see {batch.summary_csv}{failures}"
             )
-        return 0 if batch.count("failed") < len(batch.cases) else EXIT_USER_ERROR
+        return 0
     if not args.pa:
         if args.lateral:
             raise InputError(args.lateral, "a lateral radiograph needs a PA radiograph (--pa)")
@@ -231,7 +277,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_train_generator(args: argparse.Namespace) -> int:
     from .train import load_config, train_generator
 
-    result = train_generator(load_config(args.config, overrides(args)))
+    config = load_config(args.config, overrides(args))
+    if config.out:
+        check_output_folder(config.out)
+    result = train_generator(config)
     if result.rank != 0:
         return 0
     if result.finished:
@@ -244,6 +293,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_evaluate_generator(args: argparse.Namespace) -> int:
     from .evaluate.generator import evaluate_generator, headline, lesion_headline
 
+    check_output_folder(args.output)
     csv_path, json_path, document = evaluate_generator(args.model, args.data, args.output, args.split, args.device)
     print(headline(document))
     lesions = lesion_headline(document)
@@ -257,13 +307,18 @@ def cmd_synthesize_ct(args: argparse.Namespace) -> int:
     from .inference import synthesize_ct
 
     report = synthesize_ct(args.model, args.data, args.output, args.split, args.device, args.batch_size)
+    if report.failed and not (report.written or report.skipped):
+        if report.rank == 0:
+            raise all_failed_error(report.out, len(report.failed))
+        return EXIT_USER_ERROR
     if report.rank != 0:
         return 0
     for note in report.warnings:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    failed = f", failed {len(report.failed)} (see {report.out / FAILURES_CSV})" if report.failed else ""
     print(
         f"synthesized {len(report.written)} CTs with {report.model}, skipped {len(report.skipped)} (finished "
-        f"earlier); manifest {report.manifest}"
+        f"earlier){failed}; manifest {report.manifest}"
     )
     return 0
 
@@ -275,6 +330,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     shorthands = dict(task=args.task, arch=args.arch, inputs=args.inputs, ct_source=args.ct_source,
                       labels=args.labels, threads=args.threads)  # fmt: skip
     config = load_config(args.config, overrides(args, **shorthands))
+    if config.out:
+        check_output_folder(config.out)
     result = train_classifier(config, resume=args.resume)
     if result.rank != 0:
         return 0
@@ -292,6 +349,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     from .classify.evaluate import evaluate_classifier, headline
 
+    check_output_folder(args.output)
     document = evaluate_classifier(
         args.model,
         args.data,
@@ -483,9 +541,11 @@ def add_build_dataset(sub: Commands) -> None:
         "build-dataset",
         help="build paired CT / PA / lateral DRR HDF5 files (official layout) and a split manifest",
         description="Build OUT/<case>/ct_xray_data.h5 for every CT of INPUT (a folder: each CT file or DICOM "
-        "series subfolder is a case; or a .txt/.csv list, one path per line), or a labelled synthetic benchmark "
-        "from one CT with --synthetic-from. Finished cases are skipped; a failing case is reported and the rest "
-        "build. Exit status 0 when at least one case is finished, 2 when every case failed or on a usage error.",
+        "series subfolder is a case; or a UTF-8 .txt/.csv list, one path per line, relative paths from the list "
+        "file's folder), or a labelled synthetic benchmark from one CT with --synthetic-from. Finished cases are "
+        "skipped; a failing case is reported, listed in OUT/failures.csv, and the rest build. Exit status 0 when at "
+        "least one case is finished, 2 when every case failed (OUT then holds only failures.csv, no manifest) or on "
+        "a usage error.",
         parents=[geometry_options()],
     )
     p.add_argument("input", nargs="?", help="folder of CTs, or a .txt/.csv list of CT paths")
@@ -513,9 +573,10 @@ def add_predict(sub: Commands) -> None:
         help="synthetic CT from a PA (and optionally a lateral) chest radiograph",
         description="Write DIR/synthetic_ct.nrrd (HU, canonical 320 mm grid, LPS), summary.json and report.png "
         "(plus DIR/dicom/ with --dicom), all marked SYNTHETIC; research use only, not for diagnosis. With only "
-        "--pa a single-view model is used. --manifest CSV (columns pa, lateral, case_id; paths relative to the "
-        "CSV) predicts every case into DIR/<case_id>/, skips finished cases and carries on past failing ones "
-        "(exit 0 when at least one case is finished); under torchrun the cases are shared among the processes.",
+        "--pa a single-view model is used. --manifest CSV (UTF-8; columns pa, lateral, case_id; paths relative to "
+        "the CSV's folder) predicts every case into DIR/<case_id>/, skips finished cases and carries on past failing "
+        "ones, listed in DIR/failures.csv (exit 0 when at least one case is finished; when every case failed, exit 2 "
+        "and DIR holds only failures.csv); under torchrun the cases are shared among the processes.",
         parents=[device_option("auto")],
     )
     p.add_argument("--pa", metavar="FILE", help="frontal (PA) radiograph: DICOM, PNG, JPEG, TIFF, NRRD, MHA")
@@ -529,7 +590,11 @@ def add_predict(sub: Commands) -> None:
         "(default: x2ct-demo-biplanar with a lateral, x2ct-demo-singleview without)",
     )
     p.add_argument("--dicom", action="store_true", help="also write a DICOM CT series marked synthetic")
-    p.add_argument("--force", action="store_true", help="run even when DICOM BodyPartExamined is not chest")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when a DICOM is not a chest radiograph by its Modality, SOP class or BodyPartExamined",
+    )
     p.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the files' view tags")
     p.add_argument(
         "--classifier",
@@ -579,8 +644,9 @@ def add_synthesize_ct(sub: Commands) -> None:
         help="a generator's synthetic CT of every case of a built data set (a CT source for classifiers)",
         description="Run a generator on each case's stored DRRs (xray1 = PA, xray2 = lateral) and write "
         "OUT/<case_id>/synthetic_ct.nrrd (HU, canonical grid, as x2ct predict writes it) and OUT/manifest.csv. "
-        "Finished cases are skipped; a folder made with other weights is refused. Under torchrun the cases are "
-        "shared among the processes.",
+        "Finished cases are skipped; a folder made with other weights is refused; a case whose file cannot be read "
+        "is listed in OUT/failures.csv and the rest go on (when every case failed, exit 2 and OUT holds only "
+        "failures.csv). Under torchrun the cases are shared among the processes.",
         parents=[data_options("all"), device_option("auto")],
     )
     p.add_argument(
@@ -676,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Chest radiographs to synthetic chest CT. Research use only; not for diagnosis.",
+        epilog=f"A problem with your input prints one line and exits with status 2. An internal error prints one "
+        f"line asking you to report it at {ISSUES_URL} and exits with status 1; set {DEBUG_ENV}=1 to see its "
+        "traceback.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -724,21 +793,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     if requested_world_size() > 1 and not runs_distributed(args):
         what = "predict without --manifest" if args.command == "predict" else args.command
         return _error(f"{what} runs in one process; start it without torchrun (or with --nproc_per_node 1)")
-    handlers: Dict[type, Callable[[BaseException], str]] = {
-        InputError: str,
-        PermissionError: lambda e: f"{e.filename}: permission denied",
-        IsADirectoryError: lambda e: f"{e.filename}: is a folder, expected a file",
-        NotADirectoryError: lambda e: f"{e.filename}: a parent of this path is not a folder",
-    }
     try:
-        return args.func(args)
-    except tuple(handlers) as err:
-        return _error(next(h(err) for t, h in handlers.items() if isinstance(err, t)))
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return args.func(args)
+    except InputError as err:
+        return _error(str(err))
     except PeerFailure as err:
         return _error(str(err), EXIT_FAILURE)
+    except OSError as err:
+        return _error(os_error_line(err))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: one line asking for a report; the traceback with X2CT_DEBUG=1
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        return _error(
+            f"internal error ({reason}); please report it at {ISSUES_URL} with the command line "
+            f"(set {DEBUG_ENV}=1 to see the traceback)",
+            EXIT_FAILURE,
+        )
+
+
+def _warning_printer(python_printer: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints warnings of x2ct's own categories as one line
+    ``x2ct: warning: [rank R: ]<message>`` and leaves other warnings to ``python_printer``."""
+
+    def show(
+        message: Warning | str,
+        category: Type[Warning],
+        filename: str,
+        lineno: int,
+        file: Optional[TextIO] = None,
+        line: Optional[str] = None,
+    ) -> None:
+        if category.__module__.split(".")[0] != __package__:
+            python_printer(message, category, filename, lineno, file, line)
+            return
+        text = " ".join(str(message).split())
+        print(f"{PROG}: warning: {_rank_prefix()}{text}", file=sys.stderr if file is None else file)
+
+    return show
 
 
 if __name__ == "__main__":

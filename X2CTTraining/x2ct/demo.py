@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, exclusive_output
 from .errors import InputError
 from .inference import ModelCache, Prediction, predict, write_prediction
 from .inference.report import CaseRow, cases_picture, ct_peak_index, lesions_on_grid
@@ -150,7 +150,14 @@ def _notes(case: SampleCase, runs: Dict[str, Dict[str, Any]]) -> List[str]:
 
 
 def run_demo(out: Path, device: str = "auto") -> dict:
-    """Run both demo models on both sample cases into ``out``; return the ``demo.json`` record."""
+    """Run both demo models on both sample cases into ``out``; return the ``demo.json`` record. One run at a
+    time writes ``out`` (:func:`x2ct.atomic.exclusive_output`; InputError while another holds it)."""
+    with exclusive_output(out):
+        return _demo(out, device)
+
+
+def _demo(out: Path, device: str) -> dict:
+    """The body of :func:`run_demo`, with ``out`` held."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DEMO_SUMMARY).is_file())):
         raise InputError(out, "output folder exists and is not empty (and is not an earlier x2ct demo)")
     _check_models()

@@ -7,7 +7,8 @@ devices, gloo for the CPU) and leaves it at the end. Without them, or with ``WOR
 is initialised and every helper here degrades to the single-process case, so the commands run the
 same code either way. torch is imported on use only, so that the command line starts quickly.
 
-Failures: a rank that raises leaves the group by exiting; torchrun then stops the other ranks. A
+Failures: a rank that raises leaves the group by exiting; torchrun then stops the other ranks. When
+torchrun itself is killed, its ranks (in sessions of their own) end too (:mod:`x2ct.lifetime`). A
 collective that fails because a peer is gone raises :class:`PeerFailure`, whose one-line message
 says so instead of a backend trace. The group's timeout (:data:`TIMEOUT`) bounds any remaining wait.
 docs/distributed.md has the launch commands.
@@ -21,8 +22,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, TypeVar
 
+from .lifetime import end_with_parent
+
 if TYPE_CHECKING:
     import torch
+
+    from .errors import PathLike
 
 T = TypeVar("T")
 
@@ -90,6 +95,7 @@ def session(device: torch.device) -> Iterator[Context]:
     if world_size == 1 or not dist.is_available():
         yield SINGLE
         return
+    end_with_parent(kernel_signal=False)  # a rank whose torchrun was killed stops instead of writing on
     rank, local_rank = int(os.environ[ENV_RANK]), int(os.environ.get(ENV_LOCAL_RANK, "0"))
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
@@ -174,6 +180,28 @@ def weighted_sum_(tensors: Sequence[torch.Tensor], weight: float, context: Conte
 def all_true(flag: bool, context: Context) -> bool:
     """True when ``flag`` is true on every rank."""
     return all(gather(bool(flag), context))
+
+
+@contextlib.contextmanager
+def main_rank_owns(out: PathLike, context: Context) -> Iterator[None]:
+    """Rank 0 holds output ``out`` (:func:`x2ct.atomic.exclusive_output`: one writer at a time, leftovers of
+    killed runs removed) while the block runs. When another x2ct run holds it, rank 0 raises its InputError
+    and the other ranks :class:`PeerFailure`, before any rank writes."""
+    from .atomic import exclusive_output
+    from .errors import InputError
+
+    with contextlib.ExitStack() as stack:
+        refused: Optional[InputError] = None
+        if context.is_main:
+            try:
+                stack.enter_context(exclusive_output(out))
+            except InputError as err:
+                refused = err
+        if not all_true(refused is None, context):
+            if refused is not None:
+                raise refused
+            raise PeerFailure(f"{out}: rank 0 found another x2ct run writing this output")
+        yield
 
 
 def barrier(context: Context) -> None:

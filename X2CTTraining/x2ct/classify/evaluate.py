@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, exclusive_output
 from ..data.loader import REAL_CT, CaseLesions, collate, read_lesions
 from ..errors import InputError, MissingExtraError, PathLike
 from ..models.checkpoints import resolve_device
@@ -379,14 +379,32 @@ def evaluate_classifier(
 ) -> Dict[str, Any]:
     """Evaluate the classifier ``model`` on ``split`` of ``data``; write the folder ``out``; return metrics.json.
 
-    Every user error (model, data, labels, CT source, --compare folder, output folder, missing eval extra) is an
-    InputError raised before anything is written.
+    Every user error (model, data, labels, CT source, --compare folder, output folder, missing eval extra, another
+    run writing ``out``: :func:`x2ct.atomic.exclusive_output`) is an InputError raised before anything is written.
     """
+    with exclusive_output(out):
+        return _evaluate(model, data, Path(os.fspath(out)), split, labels, ct_source, device, compare, cam_hit_rate,
+                         batch_size, progress)  # fmt: skip
+
+
+def _evaluate(
+    model: PathLike,
+    data: PathLike,
+    out: Path,
+    split: str,
+    labels: Optional[PathLike],
+    ct_source: Optional[str],
+    device: Union[str, torch.device],
+    compare: Optional[PathLike],
+    cam_hit_rate: bool,
+    batch_size: int,
+    progress: bool,
+) -> Dict[str, Any]:
+    """The body of :func:`evaluate_classifier`, with ``out`` held."""
     from ..evaluate.classifier_stats import roc_png
     from .checkpoint import load_classifier
 
     require_eval_extra("evaluate-classifier")
-    out = Path(os.fspath(out))
     check_output_dir(out)
     if compare is not None and Path(os.fspath(compare)).resolve() == out.resolve():
         raise InputError(compare, "--compare must name another evaluation folder than -o")

@@ -27,7 +27,6 @@ asked for) a split without any usable case.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..data.layout import MANIFEST, SPLITS, read_manifest
 from ..errors import InputError, PathLike
+from ..userfiles import read_csv_table
 
 LABEL_VALUES = ("0", "1")
 """Allowed non-blank label cells."""
@@ -145,14 +145,8 @@ class LabelTable:
 def _read_rows(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
     if not path.is_file():
         raise InputError(path, "label file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [(c or "").strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(path, f"unreadable label CSV ({' '.join(str(err).split())})") from None
-    return columns, rows
+    table = read_csv_table(path)
+    return table.columns, table.rows
 
 
 def read_labels(

@@ -22,22 +22,25 @@ patient, so they are split by case index with the golden-ratio sequence ``frac(i
 (deterministic, independent of the number of cases, close to the ratios from 10 cases on).
 
 Resume: a case whose h5 exists and validates (layout plus the run's size, DRR size and geometry)
-is skipped; every file is written under a temporary name and renamed when complete.
+is skipped; every file is written under a temporary name and renamed when complete. One run at a time
+writes OUT (x2ct.atomic.exclusive_output, which also removes the temporaries of a killed run), and the
+worker processes of ``workers > 1`` end with the run, even when it is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import math
+import multiprocessing
 import os
 import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -48,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..atomic import atomic_path, sha256_file, write_text_atomic
+from ..atomic import atomic_path, exclusive_output, sha256_file, write_text_atomic
 from ..drr import MU_WATER_PER_MM, DRRGeometry, normalize, project
 from ..errors import InputError, PathLike
 from ..geometry import AXES, DIRECTION_LPS, EXTENT_MM, GRID_SIZES, grid_of, labels_to_canonical
@@ -56,6 +59,8 @@ from ..intensity import HU_OFFSET, UNIT_RANGE
 from ..io import read_ct
 from ..io.ct import find_dicom_series
 from ..io.volume import VOLUME_SUFFIXES
+from ..lifetime import end_with_parent
+from ..userfiles import check_output_folder, listed_path, read_csv_rows, read_text, write_failure_report
 from ..views import LATERAL, PA
 from .body import OPENING_MM, masked_canonical_ct
 from .layout import CASE_FILE, MANIFEST, SPLITS
@@ -156,13 +161,15 @@ class CaseResult:
 
 @dataclass
 class BuildReport:
-    """What a run did: case ids built and skipped, failures as (source, one-line problem), manifest path."""
+    """What a run did: case ids built and skipped, failures as (source, one-line problem), the manifest (None
+    when OUT holds no finished case) and the failure report (None when nothing failed)."""
 
     out: Path
     built: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
     manifest: Optional[Path] = None
+    failures: Optional[Path] = None
     split_counts: Dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -179,6 +186,8 @@ class BuildReport:
             f"(of {total} cases) in {self.seconds:.1f} s -> {self.out}"
         ]
         lines += [f"  failed: {problem}" for _, problem in self.failed]
+        if self.failures is not None:
+            lines.append(f"failures: {self.failures}")
         if self.manifest is not None:
             counts = ", ".join(f"{name} {self.split_counts.get(name, 0)}" for name in SPLITS)
             lines.append(f"manifest: {self.manifest} ({sum(self.split_counts.values())} cases: {counts})")
@@ -242,30 +251,29 @@ def _assign_ids(paths: Sequence[Tuple[Path, Optional[str]]], origin: Path) -> Li
 
 
 def _read_list(list_file: Path) -> List[Tuple[Path, Optional[str]]]:
-    """Entries of a list file: one CT path per line (relative to the list file); '#' lines and blanks skipped.
+    """Entries of a list file, read by the rules of :mod:`x2ct.userfiles` (UTF-8 with or without BOM, CRLF or
+    LF, quoted paths, relative paths from the list file's folder); blank lines and '#' lines skipped.
 
-    A .csv takes the first column as the path and an optional second as the patient id; a header row
-    (first cell ``path``) names the columns ``path`` and ``patient_id``.
+    A .txt holds one CT path per line. A .csv takes the first column as the path and an optional second as
+    the patient id; a header row (first cell ``path``) names the columns (``path``, ``patient_id``, others
+    ignored). InputError naming the line for a row with more cells than that.
     """
-    try:
-        text = list_file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(list_file, "is not a UTF-8 text list of CT paths") from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    rows = list(csv.reader(lines)) if list_file.suffix.lower() == ".csv" else [[line] for line in lines]
-    column = {"path": 0, "patient_id": 1}
-    if rows and rows[0] and rows[0][0].strip().lower() == "path":
-        header = [cell.strip().lower() for cell in rows.pop(0)]
-        column = {name: header.index(name) for name in ("path", "patient_id") if name in header}
+    if list_file.suffix.lower() == ".csv":
+        rows = [(line, cells) for line, cells in read_csv_rows(list_file) if not cells[0].startswith("#")]
+    else:
+        lines = enumerate(read_text(list_file).splitlines(), start=1)
+        rows = [(line, [text.strip()]) for line, text in lines if text.strip() and not text.lstrip().startswith("#")]
+    names = ["path", "patient_id"]
+    if rows and rows[0][1][0].lower() == "path":
+        names = [cell.lower() for cell in rows.pop(0)[1]]
     entries = []
-    for row in rows:
-        cells = [cell.strip() for cell in row]
-        if len(cells) <= column.get("path", 0) or not cells[column.get("path", 0)]:
-            continue
-        path = Path(cells[column.get("path", 0)]).expanduser()
-        patient_column = column.get("patient_id")
-        patient = cells[patient_column] if patient_column is not None and len(cells) > patient_column else ""
-        entries.append((path if path.is_absolute() else list_file.parent / path, patient or None))
+    for line, cells in rows:
+        if any(cells[len(names) :]):
+            expected = f"at most {len(names)} ({', '.join(names)})"
+            raise InputError(list_file, f"line {line}: {len(cells)} cells; expected {expected}")
+        row = dict(zip(names, cells))
+        if row.get("path"):
+            entries.append((listed_path(row["path"], list_file), row.get("patient_id") or None))
     return entries
 
 
@@ -386,8 +394,6 @@ def _write_case(
     """Render both DRRs of ``hu`` and write the case file atomically (datasets, then attributes)."""
     xray1, xray2 = render_xrays(hu, EXTENT_MM / options.size, options.drr_size, options.geometry)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.stem}.*.partial*"):
-        stale.unlink(missing_ok=True)  # left by a killed earlier run of this case
     volume_options = {"compression": "gzip", "compression_opts": 4, "shuffle": True, "chunks": True}
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ct", data=stored_ct(hu), track_times=False, **volume_options)
@@ -586,7 +592,10 @@ def validate_case(path: PathLike, expected: Optional[Mapping[str, object]] = Non
 
 
 def _init_worker(threads: int, bases: Mapping[_BaseKey, _SyntheticBase]) -> None:
-    """Pool worker start: share the cores among the workers and adopt the parent's synthetic bases."""
+    """Pool worker start: end with the run even when it is killed (the pool spawns from the thread that runs
+    :func:`_results`, which outlives the pool), share the cores among the workers and adopt the parent's
+    synthetic bases."""
+    end_with_parent(kernel_signal=True)
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _BASES.update(bases)
@@ -606,7 +615,8 @@ def _run_task(task: _RealTask | _SyntheticTask, out: Path) -> CaseResult:
             error = f"{task.label}: out of memory"
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the batch; reported in full
             error = f"{task.label}: internal error ({type(err).__name__}: {' '.join(str(err).split())})"
-    notes = tuple(f"{task.label}: {' '.join(str(w.message).split())}" for w in caught)
+    texts = (" ".join(str(w.message).split()) for w in caught)
+    notes = tuple(text if text.startswith(f"{task.label}: ") else f"{task.label}: {text}" for text in texts)
     return CaseResult(task.case_id, task.label, error, notes, time.perf_counter() - start)
 
 
@@ -617,7 +627,7 @@ def _results(tasks: Sequence[_RealTask | _SyntheticTask], out: Path, workers: in
         return
     workers = min(workers, len(tasks))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = get_context("spawn")  # fork after torch/ITK threads have started can deadlock
+    context = multiprocessing.get_context("spawn")  # fork after torch/ITK threads have started can deadlock
     initargs = (threads, dict(_BASES))
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         futures = [pool.submit(_run_task, task, out) for task in tasks]
@@ -639,6 +649,7 @@ def _run(tasks: Sequence[_RealTask | _SyntheticTask], out: Path, options: BuildO
         else:
             pending.append(task)
     bar = tqdm(total=len(tasks), initial=len(report.skipped), unit="case", desc="build-dataset", file=sys.stderr)
+    failures: List[Tuple[str, str, str]] = []
     with bar:
         for result in _results(pending, out, options.workers):
             for note in result.warnings:
@@ -647,21 +658,24 @@ def _run(tasks: Sequence[_RealTask | _SyntheticTask], out: Path, options: BuildO
                 report.built.append(result.case_id)
             else:
                 report.failed.append((result.source, result.error))
+                failures.append((result.case_id, result.source, result.error))
                 log(f"x2ct: error: {result.error}")
             bar.update(1)
     report.built.sort()
     report.failed.sort()
+    report.failures = write_failure_report(out, sorted(failures))
     report.manifest, report.split_counts = write_manifest(out, options.ratios, options.seed)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _prepare_out(out: PathLike) -> Path:
-    out = Path(os.fspath(out))
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+@contextlib.contextmanager
+def _held_out(out: PathLike) -> Iterator[Path]:
+    """OUT checked (x2ct.userfiles), held by this run (x2ct.atomic.exclusive_output), then created."""
+    folder = check_output_folder(out)
+    with exclusive_output(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 def build_dataset(
@@ -674,8 +688,8 @@ def build_dataset(
     """
     options = options or BuildOptions()
     cases = find_cases(input_path, exclude=out)
-    out = _prepare_out(out)
-    return _run([_RealTask(case, options) for case in cases], out, options, log)
+    with _held_out(out) as folder:
+        return _run([_RealTask(case, options) for case in cases], folder, options, log)
 
 
 def build_synthetic_dataset(
@@ -696,9 +710,9 @@ def build_synthetic_dataset(
         raise InputError(None, f"--cases {cases}: need at least 1")
     ct_path, labels_path = Path(os.fspath(ct_path)), Path(os.fspath(labels_path))
     _synthetic_base(ct_path, labels_path, options.size)  # fail early, as a whole, on a bad CT or label map
-    out = _prepare_out(out)
     tasks = [_SyntheticTask(ct_path, labels_path, index, options) for index in range(cases)]
-    return _run(tasks, out, options, log)
+    with _held_out(out) as folder:
+        return _run(tasks, folder, options, log)
 
 
 # ------------------------------------------------------------------------------------------- manifest
@@ -729,12 +743,13 @@ def _manifest_row(out: Path, path: Path, ratios: Sequence[float], seed: int) -> 
 
 def write_manifest(
     out: PathLike, ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0
-) -> Tuple[Path, Dict[str, int]]:
+) -> Tuple[Optional[Path], Dict[str, int]]:
     """(Re)write ``OUT/manifest.csv`` atomically from every valid case file under OUT (sorted by case id).
 
     Columns: :data:`MANIFEST_COLUMNS`, then :data:`LABEL_COLUMNS`, then any further ``target_*`` names
     (sorted); label cells are empty for real CTs and for targets that do not apply.
-    Returns the path and the number of cases per split.
+    Returns the path and the number of cases per split. With no valid case there is no data set: an earlier
+    manifest is removed and the path is None.
     """
     out = Path(os.fspath(out))
     rows = [
@@ -742,6 +757,10 @@ def write_manifest(
         for path in sorted(out.glob(f"*/{CASE_FILE}"))
         if not path.parent.name.startswith(".") and validate_case(path)
     ]
+    counts = {name: sum(row["split"] == name for row in rows) for name in SPLITS}
+    if not rows:
+        (out / MANIFEST).unlink(missing_ok=True)
+        return None, counts
     extra = sorted({key for row in rows for key in row} - set(MANIFEST_COLUMNS) - set(LABEL_COLUMNS))
     columns = [*MANIFEST_COLUMNS, *LABEL_COLUMNS, *extra]
     buffer = io.StringIO()
@@ -750,5 +769,4 @@ def write_manifest(
     writer.writerows(rows)
     target = out / MANIFEST
     write_text_atomic(target, buffer.getvalue())
-    counts = {name: sum(row["split"] == name for row in rows) for name in SPLITS}
     return target, counts

@@ -3,12 +3,12 @@ so the command line can offer the split names quickly). :mod:`x2ct.data.builder`
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Dict, List
 
 from ..errors import InputError, PathLike
+from ..userfiles import read_csv_table
 
 CASE_FILE = "ct_xray_data.h5"
 """File name of a case inside ``DATA/<case_id>/`` (official)."""
@@ -27,18 +27,15 @@ SPLIT_CHOICES = (*SPLITS, ALL)
 
 
 def read_manifest(root: PathLike) -> List[Dict[str, str]]:
-    """Rows of ``root/manifest.csv`` (InputError when the folder or the manifest is missing or unreadable)."""
+    """Rows of ``root/manifest.csv`` (InputError when the folder or the manifest is missing or unreadable). Read
+    by :func:`x2ct.userfiles.read_csv_table`; its ``path`` cells are relative to ``root``, the manifest's folder."""
     root = Path(os.fspath(root))
     if not root.is_dir():
         raise InputError(root, "data folder not found (build one with 'x2ct build-dataset')")
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(path, "not found; is this a folder written by 'x2ct build-dataset'?")
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(path, f"unreadable manifest ({err})") from None
-    if rows and not {"case_id", "split", "path"} <= set(rows[0]):
+    table = read_csv_table(path)
+    if not {"case_id", "split", "path"} <= set(table.columns):
         raise InputError(path, "not a data-set manifest (needs the columns case_id, split and path)")
-    return rows
+    return table.rows

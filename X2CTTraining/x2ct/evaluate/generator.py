@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..atomic import write_text_atomic
+from ..atomic import exclusive_output, write_text_atomic
 from ..data.loader import CaseDataset, collate, generator_sizes, read_lesions
 from ..data.synthetic import LESION_KINDS
 from ..errors import InputError, PathLike
@@ -95,8 +95,23 @@ def evaluate_generator(
 
     Returns (csv path, json path, summary document). When the cases hold lesion masks, also writes
     ``out/lesions_per_lesion.csv`` and puts a ``lesions`` section in the document (module doc). Raises
-    :class:`InputError` for a bad data folder, an empty split or a model that cannot be loaded.
+    :class:`InputError` for a bad data folder, an empty split, a model that cannot be loaded or an ``out``
+    that another run is writing (one at a time: :func:`x2ct.atomic.exclusive_output`).
     """
+    with exclusive_output(out):
+        return _evaluate(model, data, out, split, device, progress, limit)
+
+
+def _evaluate(
+    model: Union[str, PathLike, nn.Module],
+    data: PathLike,
+    out: PathLike,
+    split: str,
+    device: Union[str, torch.device],
+    progress: bool,
+    limit: Optional[int],
+) -> Tuple[Path, Path, Dict[str, Any]]:
+    """The body of :func:`evaluate_generator`, with ``out`` held."""
     from ..models.checkpoints import resolve_device
 
     device = resolve_device(device)

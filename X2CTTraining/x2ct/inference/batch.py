@@ -2,7 +2,9 @@
 
 The manifest has the columns ``case_id``, ``pa`` and (optional, column or cell) ``lateral``; relative
 paths are taken from the CSV's folder. Each case goes to ``OUT/<case_id>/`` through
-:func:`x2ct.inference.predict.predict_to_folder`; ``OUT/batch_summary.csv`` lists every case's status.
+:func:`x2ct.inference.predict.predict_to_folder`; ``OUT/batch_summary.csv`` lists every case's status and
+``OUT/failures.csv`` (:func:`x2ct.userfiles.write_failure_report`) the failed ones. When every case failed,
+``failures.csv`` is all that is written (no ``batch_summary.csv``).
 
 Under ``torchrun`` with several processes (:mod:`x2ct.distributed`) the cases are shared out
 round-robin; each rank writes its own case folders (atomically) and rank 0 writes the merged
@@ -21,9 +23,10 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
-from ..distributed import gather, session, shard
+from ..distributed import gather, main_rank_owns, session, shard
 from ..errors import InputError, PathLike
 from ..models.checkpoints import resolve_device
+from ..userfiles import check_output_folder, listed_path, os_error_line, read_csv_table, write_failure_report
 from ..views import LATERAL_KEY, PA_KEY
 from .models import ModelCache
 from .outputs import is_finished
@@ -43,7 +46,7 @@ class ManifestCase:
     """One manifest row: the case id (a plain file name) and its radiographs (``lateral`` None when absent)."""
 
     case_id: str
-    pa: Optional[Path]
+    pa: Path
     lateral: Optional[Path]
 
 
@@ -59,12 +62,14 @@ class CaseResult:
 
 @dataclass
 class BatchReport:
-    """What :func:`predict_manifest` did: every case's result in manifest order and the summary CSV. ``rank``: this
-    process's rank under torchrun (0 otherwise); only rank 0 reports."""
+    """What :func:`predict_manifest` did: every case's result in manifest order, the summary CSV and the failure
+    report (None when nothing failed). ``rank``: this process's rank under torchrun (0 otherwise); only rank 0
+    reports."""
 
     cases: List[CaseResult]
     summary_csv: Path
     rank: int = 0
+    failures_csv: Optional[Path] = None
 
     def count(self, status: str) -> int:
         """How many cases have ``status``."""
@@ -72,27 +77,24 @@ class BatchReport:
 
 
 def read_manifest(path: PathLike) -> List[ManifestCase]:
-    """The rows of a manifest CSV; relative paths are taken from the CSV's folder.
+    """The rows of a manifest CSV, read by :func:`x2ct.userfiles.read_csv_table` (UTF-8 with or without BOM,
+    CRLF or LF, quoted cells); paths by :func:`x2ct.userfiles.listed_path` (relative to the CSV's folder).
 
-    Raises InputError (naming the CSV) for a missing file or column, an empty manifest, or a case id
-    that is empty, repeated, or not a plain file name (letters, digits, ``.``, ``_``, ``-``).
+    Raises InputError (naming the CSV) for a missing or unreadable file or column, an empty manifest, a row
+    without a ``pa`` path, or a case id that is empty, repeated, or not a plain file name (letters, digits,
+    ``.``, ``_``, ``-``).
     """
     manifest = Path(path)
-    if not manifest.is_file():
+    if not manifest.exists():
         raise InputError(manifest, "manifest file not found")
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in (PA_KEY, "case_id") if c not in columns]
-        if missing:
-            raise InputError(
-                manifest, f"missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}"
-            )
-        raw_rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    table = read_csv_table(manifest)
+    missing = [c for c in (PA_KEY, "case_id") if c not in table.columns]
+    if missing:
+        raise InputError(manifest, f"missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
     cases: List[ManifestCase] = []
     seen = set()
-    for number, row in enumerate(raw_rows, start=2):
-        case_id = row.get("case_id", "")
+    for number, row in zip(table.lines, table.rows):
+        case_id = row["case_id"]
         if not case_id or case_id.startswith(".") or not set(case_id) <= _CASE_ID_CHARS:
             raise InputError(
                 manifest, f"line {number}: case_id '{case_id}' must be a plain name (letters, digits, . _ -)"
@@ -100,25 +102,35 @@ def read_manifest(path: PathLike) -> List[ManifestCase]:
         if case_id in seen:
             raise InputError(manifest, f"line {number}: case_id '{case_id}' appears twice")
         seen.add(case_id)
-
-        def resolve(cell: str) -> Optional[Path]:
-            return (manifest.parent / cell) if cell else None
-
-        cases.append(ManifestCase(case_id, resolve(row.get(PA_KEY, "")), resolve(row.get(LATERAL_KEY, ""))))
+        pa, lateral = (row.get(key, "") for key in (PA_KEY, LATERAL_KEY))
+        if not pa:
+            raise InputError(manifest, f"line {number}: case_id '{case_id}' has no {PA_KEY} radiograph")
+        cases.append(
+            ManifestCase(case_id, listed_path(pa, manifest), listed_path(lateral, manifest) if lateral else None)
+        )
     if not cases:
         raise InputError(manifest, "manifest lists no cases")
     return cases
 
 
-def _write_batch_summary(out_root: Path, results: Sequence[CaseResult]) -> None:
-    """``out_root/batch_summary.csv``: case id, status, consistency and message of every result."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["case_id", "status", "consistency", "message"])
-    for r in results:
-        writer.writerow([r.case_id, r.status, "" if r.consistency is None else r.consistency, r.message])
+def _write_batch_summary(
+    out_root: Path, results: Sequence[CaseResult], cases: Dict[str, ManifestCase]
+) -> Optional[Path]:
+    """``out_root/batch_summary.csv`` (case id, status, consistency and message of every result) when a case
+    is finished, and ``out_root/failures.csv`` of the failed ones; returns the failure report's path."""
     out_root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_root / BATCH_SUMMARY, buffer.getvalue())
+    failed = [r for r in results if r.status == "failed"]
+    if len(failed) < len(results):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["case_id", "status", "consistency", "message"])
+        for r in results:
+            writer.writerow([r.case_id, r.status, "" if r.consistency is None else r.consistency, r.message])
+        write_text_atomic(out_root / BATCH_SUMMARY, buffer.getvalue())
+    else:  # nothing finished: no summary that could pass for a finished batch (an earlier one is stale)
+        (out_root / BATCH_SUMMARY).unlink(missing_ok=True)
+    sources = {c.case_id: " + ".join(str(p) for p in (c.pa, c.lateral) if p is not None) for c in cases.values()}
+    return write_failure_report(out_root, [(r.case_id, sources[r.case_id], r.message) for r in failed])
 
 
 def _run_case(
@@ -141,8 +153,11 @@ def _run_case(
         return CaseResult(case.case_id, "done", consistency=prediction.consistency_score)
     except InputError as err:
         return CaseResult(case.case_id, "failed", str(err))
+    except OSError as err:  # e.g. an unwritable case folder or a full disk
+        return CaseResult(case.case_id, "failed", os_error_line(err, case_dir))
     except Exception as err:  # isolation: an unexpected failure of one case must not stop the batch
-        return CaseResult(case.case_id, "failed", f"{type(err).__name__}: {err}")
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        return CaseResult(case.case_id, "failed", f"{case_dir}: internal error ({reason})")
 
 
 def predict_manifest(
@@ -161,15 +176,17 @@ def predict_manifest(
     Resume: a case whose folder already holds a finished prediction is skipped. Failure isolation:
     a case that fails is recorded (one line on stderr) and the others go on. The manifest is
     validated before any case runs. ``classifiers`` as in :class:`~x2ct.inference.models.ModelCache`.
+    One run at a time writes ``out_root`` (:func:`x2ct.distributed.main_rank_owns`; InputError while another
+    holds it), and what a killed run left there is removed first.
     """
     cases = read_manifest(manifest)
-    out = Path(out_root)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output exists and is not a folder")
+    out = check_output_folder(out_root)
+    by_case = {case.case_id: case for case in cases}
     chosen = resolve_device(device)
-    with session(chosen) as ctx:
+    with session(chosen) as ctx, main_rank_owns(out, ctx):
         cache = ModelCache(ctx.device(chosen), classifiers)
         results: List[CaseResult] = []
+        failures: Optional[Path] = None
         mine = shard(cases, ctx)
         bar = tqdm(mine, desc="predict", unit="case", disable=not (show_progress and ctx.is_main))
         for case in bar:
@@ -177,9 +194,9 @@ def predict_manifest(
             if results[-1].status == "failed":
                 bar.write(f"x2ct: case {case.case_id} failed: {results[-1].message}", file=sys.stderr)
             if not ctx.distributed:
-                _write_batch_summary(out, results)
+                failures = _write_batch_summary(out, results, by_case)
         by_id: Dict[str, CaseResult] = {r.case_id: r for part in gather(results, ctx) for r in part}
         merged = [by_id[case.case_id] for case in cases]
         if ctx.distributed and ctx.is_main:
-            _write_batch_summary(out, merged)
-    return BatchReport(merged, out / BATCH_SUMMARY, ctx.rank)
+            failures = _write_batch_summary(out, merged, by_case)
+    return BatchReport(merged, out / BATCH_SUMMARY, ctx.rank, failures)

@@ -24,6 +24,7 @@ from ..geometry import AXIS_DIRECTIONS
 from ..gradcam import cam_overlay_rgb, cam_volume_image
 from ..io import SyntheticProvenance, write_synthetic_ct_series
 from ..io.dicom_ct import source_from_dataset
+from ..userfiles import check_output_folder
 from ..views import CT_KEY, PA, input_key
 from .findings import findings_document
 from .report import report_picture
@@ -81,21 +82,23 @@ def summary_document(prediction: Prediction) -> Dict[str, Any]:
 
 def _dicom_sources(prediction: Prediction) -> List[Dict[str, str]]:
     """SourceImageSequence entries (with patient/study) for the inputs that were DICOM."""
-    import pydicom
+    from ..io.dicom_compat import dcmread
+    from ..io.library_output import library_output
 
     sources = []
     for prepared in prediction.views.values():
         meta = prepared.radiograph.metadata
         if meta.get("format") == "dicom" and meta.get("sop_instance_uid") and meta.get("study_instance_uid"):
-            sources.append(source_from_dataset(pydicom.dcmread(meta["path"], stop_before_pixels=True)))
+            with library_output("DICOM decoder"):  # its warnings were kept when the file was first read
+                header = dcmread(meta["path"], stop_before_pixels=True)
+            sources.append(source_from_dataset(header))
     return sources
 
 
 def check_output_dir(out_dir: PathLike) -> Path:
-    """Refuse an output folder that exists and holds anything but an earlier prediction (InputError)."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output exists and is not a folder")
+    """Refuse an output folder that :func:`x2ct.userfiles.check_output_folder` refuses, or that exists and holds
+    anything but an earlier prediction (InputError)."""
+    out = check_output_folder(out_dir)
     if out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_SUMMARY).is_file():
         raise InputError(out, "output folder exists and is not empty (and is not an earlier x2ct prediction)")
     return out
@@ -104,7 +107,8 @@ def check_output_dir(out_dir: PathLike) -> Path:
 def _write_findings(prediction: Prediction, ct_image: sitk.Image, folder: Path) -> List[str]:
     """``findings.json`` and ``gradcam/``: per output ``<output>_ct.nrrd`` (float32 map on the synthetic CT's
     grid), ``<output>_pa.nrrd`` / ``_lateral.nrrd`` (float32 map on the radiograph's pixel grid, its spacing
-    when known) and ``<output>_pa.png`` / ``_lateral.png`` (heat map over the radiograph). Returns the names."""
+    when known; for a radiograph reduced f times, the reduced grid, with the file's pixel 0 at the origin) and
+    ``<output>_pa.png`` / ``_lateral.png`` (heat map over the radiograph). Returns the names."""
     from PIL import Image
 
     document = findings_document(prediction)
@@ -121,9 +125,14 @@ def _write_findings(prediction: Prediction, ct_image: sitk.Image, folder: Path) 
             stem = cam_dir / f"{output}_{input_key(view)}"
             image = sitk.GetImageFromArray(cam.astype(np.float32))
             if radiograph.spacing_mm:
-                image.SetSpacing((float(radiograph.spacing_mm[1]), float(radiograph.spacing_mm[0])))
-            sitk.WriteImage(image, f"{stem}.nrrd", useCompression=True)
-            Image.fromarray(cam_overlay_rgb(radiograph.pixels, cam)).save(f"{stem}.png", format="PNG")
+                spacing = (float(radiograph.spacing_mm[1]), float(radiograph.spacing_mm[0]))
+                image.SetSpacing(spacing)
+                # reduced f times: map pixel 0 is the mean of file pixels 0..f-1, whose centre is (f-1)/2 file pixels
+                factor = int(radiograph.metadata.get("reduction") or 1)
+                image.SetOrigin(tuple((factor - 1) / 2 * s / factor for s in spacing))
+            # fastest zlib level: these maps are as large as the radiograph (up to 2048 x 2048) and one per output
+            sitk.WriteImage(image, f"{stem}.nrrd", useCompression=True, compressionLevel=1)
+            Image.fromarray(cam_overlay_rgb(radiograph.pixels, cam)).save(f"{stem}.png", format="PNG", compress_level=1)
     return [OUTPUT_FINDINGS, OUTPUT_GRADCAM + "/"]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence, Union
 
+from ..atomic import exclusive_output
 from ..errors import InputError, PathLike
 from ..io import Radiograph
 from .findings import run_classifiers
@@ -69,19 +70,21 @@ def predict_to_folder(
     """Check, predict and write one case into ``out_dir`` (atomically); returns the prediction.
 
     ``classifiers`` as in :class:`~x2ct.inference.models.ModelCache` (used when no ``cache`` is given).
-    Every user error (InputError) is raised before anything is written.
+    Every user error (InputError) is raised before anything is written; one run at a time writes
+    ``out_dir`` (:func:`x2ct.atomic.exclusive_output`: InputError while another holds it).
     """
     if pa is None:
         raise InputError(lateral, "a lateral radiograph needs a PA radiograph (--pa)")
     check_output_dir(out_dir)
     cache = cache or ModelCache(device, classifiers)
-    t = time.perf_counter()
-    loaded = cache.get(model, have_lateral=lateral is not None)
-    chosen = cache.classifiers(have_lateral=lateral is not None)
-    load_s = time.perf_counter() - t
-    prediction = predict(loaded, pa, lateral, force, view_override, progress, cancel, chosen)
-    stage(progress, cancel, 0.95, "writing outputs")
-    write_prediction(prediction, out_dir, dicom=dicom, extra_timings={"model_load": round(load_s, 3)})
+    with exclusive_output(out_dir):
+        t = time.perf_counter()
+        loaded = cache.get(model, have_lateral=lateral is not None)
+        chosen = cache.classifiers(have_lateral=lateral is not None)
+        load_s = time.perf_counter() - t
+        prediction = predict(loaded, pa, lateral, force, view_override, progress, cancel, chosen)
+        stage(progress, cancel, 0.95, "writing outputs")
+        write_prediction(prediction, out_dir, dicom=dicom, extra_timings={"model_load": round(load_s, 3)})
     if progress is not None:
         progress(1.0, "done")
     return prediction

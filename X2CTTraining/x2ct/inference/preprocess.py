@@ -1,8 +1,11 @@
 """Radiographs into a generator's input space: the input rules, then field of view, size and intensity.
 
-1. **Input rules** (:func:`read_input`): the ``--pa`` file must not be tagged lateral and the
-   ``--lateral`` file must not be tagged frontal (unless ``view_override``); a DICOM whose
-   BodyPartExamined is present and not chest is refused (unless ``force``).
+1. **Input rules** (:func:`read_input`): a DICOM whose Modality or SOP class cannot be a chest
+   radiograph (CT, MR, US, NM, PET, segmentation, RT, mammography, ...; the table is
+   :func:`x2ct.io.kind.not_radiograph_reason`) is refused (unless ``force``); the ``--pa`` file must
+   not be tagged lateral and the ``--lateral`` file must not be tagged frontal (unless
+   ``view_override``); a DICOM whose BodyPartExamined is present and not chest is refused (unless
+   ``force``).
 2. **Preprocessing** (:func:`preprocess`), every parameter taken from the model's metadata
    (:class:`~x2ct.inference.types.InputSpec`):
 
@@ -25,6 +28,7 @@ along the volume's D axis, PA columns along W, lateral columns along H (:mod:`x2
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -35,6 +39,8 @@ import torch.nn.functional as F
 from ..drr import normalize
 from ..errors import InputError, PathLike
 from ..io import Radiograph, read_radiograph
+from ..io.library_output import library_output
+from ..io.radiograph import MAX_SPACING_MM, MIN_SPACING_MM
 from ..views import AP, LATERAL, PA, is_frontal
 from .frame import InputFrame
 from .types import NORMALIZATION, InputSpec, PreparedView
@@ -56,13 +62,18 @@ def _is_chest(body_part: str) -> bool:
 
 
 def read_input(path: PathLike, role: str, force: bool = False, view_override: bool = False) -> Radiograph:
-    """Read the ``role`` (``x2ct.views.PA`` or ``LATERAL``) radiograph and apply the view and body-part rules.
+    """Read the ``role`` (``x2ct.views.PA`` or ``LATERAL``) radiograph and apply the object, view and body-part rules.
 
-    A file whose tags name the other view is an InputError unless ``view_override`` (then the role
-    wins and a warning is kept). A DICOM BodyPartExamined that is present and not chest is an
-    InputError unless ``force``. An AP frontal is accepted as the PA input with a warning.
+    A DICOM that is not a chest radiograph by its Modality or SOP class (``metadata["not_radiograph"]``)
+    is an InputError unless ``force`` (then a warning is kept). A file whose tags name the other view
+    is an InputError unless ``view_override`` (then the role wins and a warning is kept). A DICOM
+    BodyPartExamined that is present and not chest is an InputError unless ``force``. An AP frontal
+    is accepted as the PA input with a warning.
     """
     radiograph = read_radiograph(path)
+    not_radiograph = radiograph.metadata.get("not_radiograph")
+    if not_radiograph and not force:
+        raise InputError(path, f"{not_radiograph}; use --force to run anyway")
     found = radiograph.view
     wrong = (role == PA and found == LATERAL) or (role == LATERAL and is_frontal(found))
     if wrong:
@@ -85,6 +96,8 @@ def read_input(path: PathLike, role: str, force: bool = False, view_override: bo
         if not force:
             raise InputError(path, f"BodyPartExamined is {body_part}, not chest; use --force to run anyway")
         radiograph.warnings.append(f"BodyPartExamined {body_part} is not chest; run anyway (--force)")
+    if not_radiograph:
+        radiograph.warnings.append(f"{not_radiograph}; run anyway (--force)")
     return radiograph
 
 
@@ -99,10 +112,22 @@ def _isocenter_spacing(radiograph: Radiograph) -> Tuple[Optional[Tuple[float, fl
     if meta.get("format") == "nrrd":
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(meta["path"]))
-        reader.ReadImageInformation()
-        if reader.HasMetaDataKey("x2ct_isocenter_spacing_mm"):
-            pitch = float(reader.GetMetaData("x2ct_isocenter_spacing_mm"))
-            return (pitch, pitch), "x2ct DRR header (isocentre pitch)", notes
+        with library_output("ITK"):  # what ITK says was kept when read_radiograph read this file
+            reader.ReadImageInformation()
+        key = "x2ct_isocenter_spacing_mm"  # written by x2ct.drr: the detector pitch at the isocentre
+        if reader.HasMetaDataKey(key):
+            text = reader.GetMetaData(key)
+            try:
+                pitch = float(text)
+            except ValueError:
+                pitch = math.nan
+            if MIN_SPACING_MM <= pitch <= MAX_SPACING_MM:
+                pitch *= int(meta.get("reduction") or 1)  # a reduced image's pixels are that much larger
+                return (pitch, pitch), "x2ct DRR header (isocentre pitch)", notes
+            notes.append(
+                f"{key} '{text}' is not a pixel spacing within {MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm; "
+                "ignored"
+            )
     spacing = radiograph.spacing_mm
     source = meta.get("spacing_source")
     if spacing is None:

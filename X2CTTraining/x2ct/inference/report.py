@@ -52,6 +52,12 @@ def _tile(gray_unit: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels).resize((TILE, TILE), Image.BILINEAR).convert("RGB")
 
 
+def _tile_sized(image: np.ndarray) -> np.ndarray:
+    """A 2D float image resized (bilinear, Pillow's anti-aliased downscaling) to TILE x TILE, float32."""
+    resized = Image.fromarray(np.asarray(image, dtype=np.float32)).resize((TILE, TILE), Image.BILINEAR)
+    return np.asarray(resized)
+
+
 def _window(slice_hu: np.ndarray, window: Tuple[float, float] = DEFAULT_WINDOW_HU) -> np.ndarray:
     low, high = window
     return (slice_hu - low) / (high - low)
@@ -100,7 +106,7 @@ def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, T
     for view in RADIOGRAPH_VIEWS:
         for output, cam in prediction.heat_maps.radiographs.get(view, {}).items():
             pixels = prediction.views[view].radiograph.pixels
-            overlay = Image.fromarray(cam_overlay_rgb(pixels, cam)).resize((TILE, TILE), Image.BILINEAR)
+            overlay = Image.fromarray(cam_overlay_rgb(_tile_sized(pixels), _tile_sized(cam)))  # at tile size: cheap
             peak = peaks.get(output, {}).get(input_key(view))
             if peak is not None:
                 _mark(overlay, *_tile_xy(peak.pixel_rc, pixels.shape))

@@ -12,7 +12,9 @@ canonical grid centred at the origin), so the folder layout ::
 
 is the same as ``x2ct predict --manifest``'s per-case output and either can be a classifier's CT
 source. Resume: a case whose NRRD exists is skipped (files are written atomically); a folder made
-with other weights is refused.
+with other weights is refused. A case whose file cannot be read is reported (one line) and listed in
+``OUT/failures.csv`` (:func:`x2ct.userfiles.write_failure_report`) while the others go on; when every
+case failed, ``failures.csv`` is all that is left in OUT (no manifest or record).
 
 Under ``torchrun`` with several processes (:mod:`x2ct.distributed`) the batches are shared out
 round-robin (each batch holds the same cases as in one process, so the voxels are the same); each
@@ -38,11 +40,12 @@ from tqdm import tqdm
 from ..atomic import atomic_path, write_text_atomic
 from ..data.layout import MANIFEST, SPLITS, read_manifest
 from ..data.loader import SYNTHETIC_CT_FILE, case_attributes, read_case, synthetic_ct_path
-from ..distributed import barrier, gather, session, shard
+from ..distributed import barrier, gather, main_rank_owns, session, shard
 from ..errors import InputError, PathLike
 from ..geometry import CanonicalGrid
 from ..intensity import unit_to_hu
 from ..models.checkpoints import resolve_device
+from ..userfiles import check_output_folder, write_failure_report
 from ..views import LATERAL_KEY, PA_KEY
 from .models import load_model
 from .run import run_generator
@@ -59,13 +62,14 @@ GEOMETRY_ATTRIBUTES = ("sad_mm", "sid_mm", "detector_mm")
 
 @dataclass
 class SynthesisReport:
-    """What a run did: case ids written and skipped (finished earlier), the manifest and warnings. ``rank``: this
-    process's rank under torchrun (0 otherwise); only rank 0 reports."""
+    """What a run did: case ids written and skipped (finished earlier), failures as (case id, one-line problem),
+    the manifest and warnings. ``rank``: this process's rank under torchrun (0 otherwise); only rank 0 reports."""
 
     out: Path
     model: str
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     manifest: Optional[Path] = None
     rank: int = 0
@@ -103,26 +107,32 @@ def _write_manifest(out: Path, rows: List[Dict[str, str]], model: str, sha256: O
 
 def _read_chunk(
     root: Path, chunk: List[Dict[str, str]], sizes: Dict[str, int], device: torch.device
-) -> Tuple[Dict[str, torch.Tensor], List[Tuple[float, ...]]]:
-    """The DRRs of ``chunk`` (manifest rows) by input key, (N, 1, S, S) on ``device``, and each case's DRR
-    geometry (SAD, SID, detector; mm, NaN when not recorded)."""
+) -> Tuple[Dict[str, torch.Tensor], List[Tuple[float, ...]], List[Dict[str, str]], List[Tuple[str, str]]]:
+    """The DRRs of the readable cases of ``chunk`` (manifest rows) by input key, (N, 1, S, S) on ``device``,
+    each one's DRR geometry (SAD, SID, detector; mm, NaN when not recorded), those rows, and (case id,
+    one-line problem) of the cases that could not be read."""
     images: Dict[str, List[np.ndarray]] = {key: [] for key in sizes}
-    geometries = []
+    geometries, readable, failed = [], [], []
     for row in chunk:
         path = root / row["path"]
-        for key, image in read_case(path, sizes).items():
+        try:
+            case = read_case(path, sizes)
+            attributes = case_attributes(path)
+        except InputError as err:
+            failed.append((row["case_id"], str(err)))
+            continue
+        for key, image in case.items():
             images[key].append(image)
-        attributes = case_attributes(path)
         geometries.append(tuple(float(attributes.get(name, np.nan)) for name in GEOMETRY_ATTRIBUTES))
-    return {key: torch.from_numpy(np.stack(stack)[:, None]).to(device) for key, stack in images.items()}, geometries
+        readable.append(row)
+    batch = {key: torch.from_numpy(np.stack(stack)[:, None]).to(device) for key, stack in images.items() if stack}
+    return batch, geometries, readable, failed
 
 
 def _write_case(out: Path, case_id: str, image: sitk.Image) -> None:
-    """``OUT/<case_id>/synthetic_ct.nrrd``, atomically (stale partial files of a killed run removed first)."""
+    """``OUT/<case_id>/synthetic_ct.nrrd``, atomically."""
     target = synthetic_ct_path(out, case_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(".synthetic_ct.*.partial*"):
-        stale.unlink(missing_ok=True)
     with atomic_path(target) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
@@ -139,8 +149,9 @@ def synthesize_ct(
     """Write ``OUT/<case_id>/synthetic_ct.nrrd`` for every case of ``split`` of the data set ``data`` with the
     generator ``model`` (bundled name, official .pth or x2ct model; see :func:`x2ct.inference.models.load_model`).
 
-    Raises InputError (before anything is written) for a bad data folder, an empty split, an unknown model
-    or an OUT made with other weights.
+    Raises InputError (before anything is written) for a bad data folder, an empty split, an unknown model,
+    an OUT made with other weights, or an OUT another run is writing (:func:`x2ct.distributed.main_rank_owns`,
+    which also removes what a killed run left there).
     """
     if split not in (*SPLITS, "all"):
         raise InputError(None, f"--split {split}: choose one of {', '.join(SPLITS)} or all")
@@ -150,10 +161,9 @@ def synthesize_ct(
     rows = [row for row in read_manifest(root) if split == "all" or row["split"] == split]
     if not rows:
         raise InputError(root / MANIFEST, f"has no case in the {split!r} split")
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
+    check_output_folder(out)
     chosen = resolve_device(device)
-    with session(chosen) as ctx:
+    with session(chosen) as ctx, main_rank_owns(out, ctx):
         loaded = load_model(model, ctx.device(chosen))
         report = SynthesisReport(out=out, model=loaded.name, rank=ctx.rank)
         record = {
@@ -181,6 +191,7 @@ def synthesize_ct(
         expected = (geometry.sad_mm, geometry.sid_mm, geometry.detector_mm)
         mismatched: Dict[Tuple[float, ...], int] = {}
         written: List[str] = []
+        failed: List[Tuple[str, str]] = []
         batches = shard([pending[i : i + batch_size] for i in range(0, len(pending), batch_size)], ctx)
         bar = tqdm(
             total=len(report.skipped) + sum(len(chunk) for chunk in batches),
@@ -193,26 +204,37 @@ def synthesize_ct(
         )
         with bar:
             for chunk in batches:
-                batch, geometries = _read_chunk(root, chunk, sizes, loaded.device)
+                batch, geometries, readable, unreadable = _read_chunk(root, chunk, sizes, loaded.device)
+                for case_id, problem in unreadable:
+                    bar.write(f"x2ct: case {case_id} failed: {problem}", file=sys.stderr)
+                    bar.update(1)
+                failed += unreadable
                 for drr in geometries:
                     if not np.allclose(drr, expected):
                         mismatched[drr] = mismatched.get(drr, 0) + 1
-                unit = run_generator(loaded.module, batch).cpu().numpy()
-                for i, row in enumerate(chunk):
+                unit = run_generator(loaded.module, batch).cpu().numpy() if readable else None
+                for i, row in enumerate(readable):
                     volume_hu = unit_to_hu(unit[i, 0])
                     grid = CanonicalGrid(size=volume_hu.shape[0])
                     _write_case(out, row["case_id"], synthetic_ct_image(volume_hu, grid, loaded.name, loaded.sha256))
                     written.append(row["case_id"])
                     bar.update(1)
-                if not ctx.distributed:
+                if not ctx.distributed and written:
                     report.manifest = _write_manifest(out, rows, loaded.name, loaded.sha256)
-        parts = gather((written, mismatched), ctx)
-        done = {case_id for part_written, _ in parts for case_id in part_written}
+        parts = gather((written, mismatched, failed), ctx)
+        done = {case_id for part_written, _, _ in parts for case_id in part_written}
         report.written = [row["case_id"] for row in pending if row["case_id"] in done]
+        report.failed = sorted(failure for _, _, part_failed in parts for failure in part_failed)
         if ctx.is_main:
-            report.manifest = _write_manifest(out, rows, loaded.name, loaded.sha256)
+            paths = {row["case_id"]: str(root / row["path"]) for row in rows}
+            write_failure_report(out, [(case_id, paths[case_id], problem) for case_id, problem in report.failed])
+            if report.written or report.skipped:
+                report.manifest = _write_manifest(out, rows, loaded.name, loaded.sha256)
+            else:  # every case failed: leave no manifest or record that could pass for synthetic CTs
+                for name in (MANIFEST, RECORD):
+                    (out / name).unlink(missing_ok=True)
     counts: Dict[Tuple[float, ...], int] = {}
-    for _, part_mismatched in parts:
+    for _, part_mismatched, _ in parts:
         for drr, count in part_mismatched.items():
             counts[drr] = counts.get(drr, 0) + count
     for drr, count in counts.items():

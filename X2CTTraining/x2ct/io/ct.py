@@ -8,6 +8,11 @@ Spacing, origin and direction come from the file; nothing is resampled or reorie
 Problems a user can cause (missing file, no DICOM series, corrupt data, a radiograph where a CT is
 expected, too few slices, colour data, absurd size) raise :class:`~x2ct.errors.InputError` with one
 line naming the file. Header information is checked before any pixels are read.
+
+Non-finite voxels (NaN, +-inf; only floating-point files can hold them): when more than
+:data:`MAX_NON_FINITE_FRACTION` of the voxels are non-finite the file is refused (InputError: it is not
+a usable CT); otherwise they are set to :data:`x2ct.intensity.AIR_HU` (-1024 HU, air; e.g. the padding
+of a resampled volume) with a :class:`NonFiniteVoxelsWarning` that counts them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
+from ..intensity import AIR_HU
+from .library_output import library_output
 
 MIN_SLICES = 16
 """Fewest voxels a CT may have along its shortest axis."""
@@ -34,6 +41,11 @@ MAX_VOXELS_PER_SIDE = 2048
 
 MAX_VOXELS = 1.5e9
 """Largest accepted total voxel count."""
+
+_NRRD_HEADER_MAX_BYTES = 1 << 20  # how much of a NRRD file is searched for the end of its header
+
+MAX_NON_FINITE_FRACTION = 0.5
+"""Largest fraction of NaN or infinite voxels a CT may hold (they are read as air); more is refused."""
 
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "XA", "RF", "IO", "PX", "RG", "DF"})
 """DICOM modalities of projection radiographs (never a CT volume)."""
@@ -47,6 +59,10 @@ _TAG_POSITION = "0020|0032"
 
 class SeriesChoiceWarning(UserWarning):
     """A folder held several DICOM series; the largest was read. The message lists all of them."""
+
+
+class NonFiniteVoxelsWarning(UserWarning):
+    """Some voxels were NaN or infinite and were set to air (-1024 HU). The message counts them."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +83,16 @@ def read_ct(path: PathLike) -> sitk.Image:
 
     A folder is searched for DICOM series (its subfolders too when it holds none itself); when there
     are several, the one with the most files is read and a :class:`SeriesChoiceWarning` lists all.
-    A single DICOM file stands for its whole series in its folder.
+    A single DICOM file stands for its whole series in its folder. What GDCM and ITK print or warn
+    while scanning and reading is kept off the terminal (:mod:`x2ct.io.library_output`) and dropped,
+    or ends the InputError's message when the read fails.
     """
-    p = Path(os.fspath(path))
+    with library_output("ITK/GDCM"):
+        return _read_ct(Path(os.fspath(path)))
+
+
+def _read_ct(p: Path) -> sitk.Image:
+    """:func:`read_ct` without the capture of library output."""
     if not p.exists():
         raise InputError(p, "no such file or folder")
     if p.is_dir():
@@ -80,7 +103,7 @@ def read_ct(path: PathLike) -> sitk.Image:
             warnings.warn(
                 f"{p}: {len(series)} DICOM series found, reading the largest {chosen.uid}. All: {listing}",
                 SeriesChoiceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return _read_dicom_files(p, chosen.files)
     if sitk.ImageFileReader.GetImageIOFromFileName(str(p)) == "GDCMImageIO":
@@ -196,7 +219,7 @@ def _read_single_file(p: Path) -> sitk.Image:
         raise InputError(p, f"holds a {reader.GetDimension()}D image, not a single CT volume")
     size = list(reader.GetSize()) + [1] * (3 - reader.GetDimension())
     _check_header(p, size, reader.GetNumberOfComponents())
-    if not _nifti_data_complete(p, reader):
+    if not (_nifti_data_complete(p, reader) and _nrrd_data_complete(p, reader)):
         raise InputError(p, "unreadable or corrupt image data: the file is truncated")
     return _execute(p, reader)
 
@@ -218,21 +241,62 @@ def _nifti_data_complete(p: Path, reader: sitk.ImageFileReader) -> bool:
         return True  # not the NIfTI header layout this check knows; leave it to ITK
     if not p.name.lower().endswith(".gz"):
         return p.stat().st_size >= expected
+    return _gzip_holds(p, 0, expected)
+
+
+def _gzip_holds(p: Path, offset: int, expected: int) -> bool:
+    """Whether the gzip data from byte ``offset`` of ``p`` to the end of the file inflates to at least ``expected``
+    bytes: the trailer's uncompressed length (ISIZE, modulo 2**32) when it matches, else a streaming
+    decompression (4 MiB at a time, never kept) up to the expected length."""
     with open(p, "rb") as fh:
         fh.seek(-4, os.SEEK_END)
         if int.from_bytes(fh.read(4), "little") == expected % 2**32:
             return True
     total = 0
     try:
-        with gzip.open(p, "rb") as fh:
-            while total < expected:
-                chunk = fh.read(1 << 22)
-                if not chunk:
-                    break
-                total += len(chunk)
+        with open(p, "rb") as raw:
+            raw.seek(offset)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                while total < expected:
+                    chunk = fh.read(1 << 22)
+                    if not chunk:
+                        break
+                    total += len(chunk)
     except (OSError, EOFError, zlib.error):
         return False
     return total >= expected
+
+
+def _nrrd_data_complete(p: Path, reader: sitk.ImageFileReader) -> bool:
+    """Whether a single-file NRRD with raw or gzip data holds all the voxel bytes its header declares.
+
+    ITK allocates and fills the whole declared volume before it notices missing data, so a file of a
+    few hundred bytes declaring 2048 x 2048 x 300 voxels (within MAX_VOXELS) would cost 2.5 GB. The
+    header (up to its first empty line) is read here; detached data, skips and other encodings are left
+    to ITK (True).
+    """
+    if not p.name.lower().endswith(".nrrd"):
+        return True
+    with open(p, "rb") as fh:
+        head = fh.read(_NRRD_HEADER_MAX_BYTES)
+    end = head.find(b"\n\n")
+    if end < 0:
+        return True  # no attached data found in the first bytes; leave it to ITK
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key.strip().lower().replace(" ", "")] = value.strip().lower()
+    if fields.keys() & {"datafile", "lineskip", "byteskip"}:
+        return True
+    component = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    expected = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * component.GetSizeOfPixelComponent()
+    offset = end + 2
+    if fields.get("encoding") == "raw":
+        return p.stat().st_size - offset >= expected
+    if fields.get("encoding") in ("gzip", "gz"):
+        return _gzip_holds(p, offset, expected)
+    return True
 
 
 def _check_header(p: Path, size: Sequence[int], components: int) -> None:
@@ -251,14 +315,36 @@ def _check_header(p: Path, size: Sequence[int], components: int) -> None:
 
 
 def _execute(p: Path, reader: sitk.ImageReaderBase) -> sitk.Image:
-    """Read the pixels; corrupt data becomes an InputError; float64 becomes float32."""
+    """Read the pixels; corrupt data becomes an InputError; float64 becomes float32; non-finite voxels are
+    refused or repaired (:func:`_finite`)."""
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(p, f"unreadable or corrupt image data: {_itk_reason(exc)}") from None
     if image.GetPixelID() == sitk.sitkFloat64:
         image = sitk.Cast(image, sitk.sitkFloat32)
-    return image
+    return _finite(p, image)
+
+
+def _finite(p: Path, image: sitk.Image) -> sitk.Image:
+    """``image`` with its NaN / infinite voxels set to air (AIR_HU) and a warning counting them; InputError when
+    more than MAX_NON_FINITE_FRACTION of the voxels are non-finite. Integer images are returned as they are."""
+    if image.GetPixelID() != sitk.sitkFloat32:
+        return image
+    array = sitk.GetArrayViewFromImage(image)
+    bad = ~np.isfinite(array)
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return image
+    what = f"{count} of {array.size} voxels are NaN or infinite"
+    if count > MAX_NON_FINITE_FRACTION * array.size:
+        raise InputError(p, f"{what}; not a usable CT (at most {MAX_NON_FINITE_FRACTION:.0%} may be, read as air)")
+    repaired = sitk.GetImageFromArray(np.where(bad, np.float32(AIR_HU), array))
+    repaired.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        repaired.SetMetaData(key, image.GetMetaData(key))
+    warnings.warn(f"{p}: {what}; set to {AIR_HU:g} HU (air)", NonFiniteVoxelsWarning, stacklevel=2)
+    return repaired
 
 
 def _itk_reason(exc: Exception, limit: int = 160) -> str:

@@ -29,18 +29,32 @@ Where each difference is handled (pydicom 3.x | pydicom 2.4):
 
 Colour JPEGs stored as YBR may differ by a rounding step between the versions, because pydicom 3's
 JPEG plugins convert YBR to RGB themselves while pydicom 2.4's return YBR that is converted here.
+
+Deflated data sets (``dcmread``): both versions' ``dcmread`` inflate a Deflated Explicit VR Little Endian
+data set whole, in memory, before parsing even one element (also with ``stop_before_pixels``), so a
+file of a few kilobytes can claim gigabytes. ``dcmread`` here reads such a file with pydicom's own
+element parser (``pydicom.filereader.read_dataset``, the same in 2.4 and 3.x) from a file object
+that inflates on demand with a cap: first the part before the Pixel Data (at most
+``DEFLATE_HEADER_MAX_BYTES``), then, when pixels are wanted, at most that part plus the pixel data
+its header declares (Rows x Columns x SamplesPerPixel x BitsAllocated / 8 x NumberOfFrames) plus
+``DEFLATE_SLACK_BYTES``. A stream that inflates to more is refused (InputError) without being kept.
 """
 
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGExtended12Bit
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGExtended12Bit
+
+from ..errors import InputError, PathLike
 
 try:  # pydicom 3.x
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
@@ -75,6 +89,9 @@ __all__ = [
     "pixel_array",
     "set_pixel_data",
     "save_part10",
+    "dcmread",
+    "DEFLATE_HEADER_MAX_BYTES",
+    "DEFLATE_SLACK_BYTES",
 ]
 
 JPEGLossless = UID("1.2.840.10008.1.2.4.57")
@@ -88,6 +105,17 @@ HTJ2K = UID("1.2.840.10008.1.2.4.203")
 
 SYNTHETIC_DATA = Tag(0x0008, 0x001C)
 """(0008,001C) Synthetic Data (CS); set and read it by this tag, its keyword is not in pydicom 2.4."""
+
+DEFLATE_HEADER_MAX_BYTES = 64 * 2**20
+"""Most bytes the elements before the Pixel Data of a deflated data set may inflate to (headers are kilobytes;
+this leaves room for large private blocks and icon images)."""
+
+DEFLATE_SLACK_BYTES = 2**20
+"""Inflated bytes allowed beyond the header and the pixel data it declares (elements after the Pixel Data,
+such as padding or digital signatures)."""
+
+_INFLATE_CHUNK = 2**20  # bytes read from the file, and most bytes inflated, per step
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00009, 0x7FE00008)  # (Float/Double Float) Pixel Data: where headers end
 
 _YBR_AS_RGB = ("YBR_FULL", "YBR_FULL_422")
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
@@ -195,3 +223,106 @@ def save_part10(ds: Dataset, path: str | Path) -> None:
         if meta.get(meta_keyword) is None or (value and value != meta.get(meta_keyword)):
             setattr(meta, meta_keyword, value)
     ds.save_as(path, write_like_original=False)
+
+
+class _InflateLimit(Exception):
+    """The deflated stream inflated past the cap of an ``_InflatingFile``."""
+
+
+class _InflatingFile:
+    """A read-only, seekable binary file over the raw deflate stream that starts at ``fh``'s position,
+    inflated only as far as it is read, never past ``limit`` bytes (``_InflateLimit``). The file ends
+    where the stream ends, or where ``fh`` does (then pydicom sees a short file)."""
+
+    def __init__(self, fh: BinaryIO, limit: int, name: str) -> None:
+        self.name = name
+        self._fh, self._limit = fh, limit
+        self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._data = bytearray()
+        self._pending = b""
+        self._pos = 0
+
+    def _fill(self, size: Optional[int]) -> None:
+        """Inflate until ``size`` bytes are there (all when None) or the stream ends."""
+        while (size is None or len(self._data) < size) and not self._zlib.eof:
+            if not self._pending:
+                self._pending = self._fh.read(_INFLATE_CHUNK)
+            out = self._zlib.decompress(self._pending, min(_INFLATE_CHUNK, self._limit + 1 - len(self._data)))
+            self._pending = self._zlib.unconsumed_tail
+            if not out and not self._pending:
+                return  # the file ends inside the stream
+            self._data += out
+            if len(self._data) > self._limit:
+                raise _InflateLimit
+
+    def read(self, size: int = -1) -> bytes:
+        self._fill(None if size is None or size < 0 else self._pos + size)
+        end = len(self._data) if size is None or size < 0 else self._pos + size
+        with memoryview(self._data) as view:
+            chunk = bytes(view[self._pos : end])  # one copy, not two
+        self._pos += len(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            self._fill(None)
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _declared_pixel_bytes(header: Dataset) -> int:
+    """Bytes of native pixel data ``header`` declares (0 when it declares no image)."""
+    try:
+        return int(get_expected_length(header, unit="bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def _read_deflated(
+    path: PathLike, fh: BinaryIO, start: int, limit: int, stop_when: Optional[Callable[..., bool]]
+) -> tuple[Dataset, int]:
+    """The data set deflated from ``start`` of ``fh`` (up to ``stop_when``) and the inflated bytes it spans;
+    InputError when it inflates past ``limit`` bytes."""
+    fh.seek(start)
+    inflated = _InflatingFile(fh, limit, os.fspath(path))
+    try:
+        dataset = read_dataset(inflated, False, True, stop_when=stop_when)
+    except _InflateLimit:
+        raise InputError(path, _bomb_message(limit, stop_when is not None)) from None
+    except zlib.error as exc:
+        raise InputError(path, f"corrupt deflated DICOM data set ({exc})") from None
+    return dataset, inflated.tell()
+
+
+def _bomb_message(limit: int, header: bool) -> str:
+    """The one-line problem of a deflated data set that inflated past ``limit`` bytes (in its header part or not)."""
+    what = "the elements before its Pixel Data inflate" if header else "it inflates"
+    also = "" if header else ", more than its header declares"
+    return f"deflated DICOM data set: {what} to more than {limit:,} bytes{also} (decompression bomb?)"
+
+
+def dcmread(path: PathLike, stop_before_pixels: bool = False) -> Dataset:
+    """``pydicom.dcmread(path, force=False, stop_before_pixels=...)``, but a Deflated Explicit VR Little Endian
+    data set is inflated with a cap (module doc), so that a decompression bomb is refused (InputError) instead of
+    filling memory. Other parse failures raise what pydicom raises."""
+    with open(path, "rb") as fh:
+        preamble = read_preamble(fh, False)
+        file_meta = _read_file_meta_info(fh)
+        if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            fh.seek(0)
+            return pydicom.dcmread(fh, force=False, stop_before_pixels=stop_before_pixels)
+        start = fh.tell()
+        header, header_bytes = _read_deflated(
+            path, fh, start, DEFLATE_HEADER_MAX_BYTES, lambda tag, vr, length: tag in _PIXEL_DATA_TAGS
+        )
+        dataset = header
+        if not stop_before_pixels:
+            limit = header_bytes + _declared_pixel_bytes(header) + DEFLATE_SLACK_BYTES
+            dataset, _ = _read_deflated(path, fh, start, limit, None)
+    ds = FileDataset(os.fspath(path), dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds

@@ -1,9 +1,9 @@
 """Generator checkpoints: official X2CT-GAN ``.pth`` files and our safetensors + JSON format.
 
 Official files (``<epoch>_net_G.pth``) are dicts ``{'iters', 'epoch', 'state_dict', 'lr'}``. They are
-read **only** with ``torch.load(path, map_location="cpu", weights_only=True)``, which refuses any
-pickle that would build arbitrary objects. A ``module.`` key prefix (DataParallel) is stripped. +B
-vs +S is inferred from the keys (``view1Model.*`` = biplanar).
+read **only** through :func:`load_weights_only` (``torch.load(..., weights_only=True)``), which refuses any
+pickle that would build arbitrary objects; so are x2ct's training checkpoints. A ``module.`` key prefix
+(DataParallel) is stripped. +B vs +S is inferred from the keys (``view1Model.*`` = biplanar).
 
 Our format is a weights file ``<name>.safetensors`` plus a JSON sidecar ``<name>.json`` (or a folder
 holding ``model.safetensors`` + ``model.json``) in the one metadata schema of x2ct models
@@ -19,6 +19,7 @@ mismatch) raises :class:`x2ct.errors.InputError` with a one-line message naming 
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -163,24 +164,48 @@ def _inference_ready(model: Generator, device: torch.device, metadata: ModelMeta
 
 
 # --------------------------------------------------------------------------------------------------
+# Pickle-based files
+# --------------------------------------------------------------------------------------------------
+
+UNSAFE_PICKLE = (
+    "holds Python objects that x2ct will not unpickle (only tensors and plain data are loaded safely); "
+    "the file is not from x2ct or is damaged"
+)
+"""The problem reported for a pickle that refers to classes or functions (x2ct never unpickles those)."""
+
+_REFUSED_OBJECT = ("Unsupported global", "Unsupported class", "not an allowed global")
+"""Words of torch's weights-only unpickler when the pickle names a class or function (torch 1.13 to 2.x)."""
+
+
+def load_weights_only(path: PathLike, device: Any = "cpu", what: str = "PyTorch checkpoint") -> Any:
+    """The content of a ``torch.save`` file, on ``device``, read with ``weights_only=True`` (tensors and plain
+    data only): the one way x2ct reads a pickle-based file. InputError naming the file when it is missing, is
+    not a loadable ``what``, or holds other Python objects (:data:`UNSAFE_PICKLE`); torch's own advice to load
+    such a file unsafely is never passed on."""
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except pickle.UnpicklingError as err:  # the weights-only unpickler refused it
+        if any(words in str(err) for words in _REFUSED_OBJECT):
+            raise InputError(path, UNSAFE_PICKLE) from None
+        raise InputError(path, f"not a loadable {what} (damaged, or another kind of file)") from None
+    except Exception as err:  # noqa: BLE001 - garbage bytes make the reader raise almost anything
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        detail = first[:160] if "weights_only" not in first else "damaged, or another kind of file"
+        raise InputError(path, f"not a loadable {what} ({detail})") from None
+
+
+# --------------------------------------------------------------------------------------------------
 # Official .pth
 # --------------------------------------------------------------------------------------------------
 
 
 def read_official_state_dict(path: PathLike) -> Dict[str, Tensor]:
     """The ``state_dict`` of an official checkpoint (or a bare state_dict), ``module.`` prefix removed."""
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except Exception as err:  # noqa: BLE001 - garbage bytes make the unpickler raise almost anything
-        if "Weights only load failed" in str(err):
-            problem = "not a loadable weights-only checkpoint (it would need full unpickling, which x2ct refuses)"
-            raise InputError(path, problem) from None
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"not a loadable PyTorch checkpoint ({first[:160]})") from None
+    obj = load_weights_only(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise InputError(path, "not an X2CT-GAN checkpoint (expected a dict with a 'state_dict' of tensors)")

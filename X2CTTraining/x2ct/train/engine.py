@@ -23,7 +23,9 @@ The engine owns everything else, the same way for every kind of model:
   holds the trainer's state, the AMP scalers, every rank's torch/CUDA/numpy/python random state, the
   data order of the epoch in progress, the best weights so far and the history, so a run
   interrupted after any checkpoint and resumed ends with the same weights, bit for bit, as an
-  uninterrupted one (same device, world size, thread count and library versions).
+  uninterrupted one (same device, world size, thread count and library versions). One run at a time
+  writes a run folder (:func:`x2ct.distributed.main_rank_owns`), and the temporaries of a killed run
+  (``checkpoints/.last.<8 characters>.partial.pt`` ...) are removed when the next run takes it.
 * **time budget**: ``max_minutes`` ends the run after the step that spends it (rank 0's clock decides)
   and exports the model as it is then, for comparisons at equal compute; where it stops depends on
   the clock, so such a run is not reproducible bit for bit.
@@ -60,7 +62,7 @@ from .. import __version__
 from .. import distributed as dist_
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import InputError, PathLike
-from ..models.checkpoints import resolve_device
+from ..models.checkpoints import load_weights_only, resolve_device
 from .settings import Settings
 
 LAST = "last.pt"
@@ -206,15 +208,10 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: PathLike, expected_format: str, device: Any = "cpu") -> Dict[str, Any]:
-    """A training checkpoint whose ``format`` entry is ``expected_format``, loaded with ``weights_only=True``.
-    InputError when it is not one (x2ct never unpickles arbitrary objects)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem is a bad file for the user
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "Weights only load failed" in str(err):
-            first = "it would need full unpickling, which x2ct refuses"
-        raise InputError(path, f"not a readable training checkpoint ({first[:200]})") from None
+    """A training checkpoint whose ``format`` entry is ``expected_format``, read by
+    :func:`x2ct.models.checkpoints.load_weights_only`. InputError when it is not one (x2ct never unpickles
+    arbitrary objects)."""
+    state = load_weights_only(path, device, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != expected_format:
         found = state.get("format") if isinstance(state, dict) else None
         if isinstance(found, str) and found.rsplit("/", 1)[0] == expected_format.rsplit("/", 1)[0]:
@@ -516,7 +513,8 @@ class _Engine:
         writer = tensorboard_writer(self.settings.tensorboard)  # tensorboard=on without the package fails here
         with _execution(self.settings.threads), dist_.session(device) as context:
             self.context = context
-            return self._run(context.device(device), writer)
+            with dist_.main_rank_owns(self.settings.out, context):  # one run at a time writes the run folder
+                return self._run(context.device(device), writer)
 
     # -- checkpoint
 

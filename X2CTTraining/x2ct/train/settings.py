@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Generic, Iterable, Mapping, Optional, Type, TypeVar
 
 from ..errors import InputError, PathLike
+from ..userfiles import read_text
 
 TENSORBOARD_MODES = ("auto", "on", "off")
 """``tensorboard`` setting: use it when installed / require it / never."""
@@ -32,12 +33,13 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 def read_settings(file: Path) -> Dict[str, Any]:
-    """The settings of a flat JSON config file, minus keys starting with ``_`` (comments); InputError if unreadable."""
+    """The settings of a flat JSON config file (UTF-8, :func:`x2ct.userfiles.read_text`), minus keys starting with
+    ``_`` (comments); InputError if unreadable."""
+    if not file.exists():
+        raise InputError(file, "config file not found")
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(file, "config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        document = json.loads(read_text(file))
+    except json.JSONDecodeError as err:
         raise InputError(file, f"not a readable JSON config ({' '.join(str(err).split())})") from None
     if not isinstance(document, dict):
         raise InputError(file, "a config file must hold one JSON object of settings")
