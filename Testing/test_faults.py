@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 
-from test_predict import LATERAL_PNG, PA_PNG, resources  # noqa: F401 - the tiny models' fixture
+from test_predict import LATERAL_PNG, PA_PNG
 from x2ct.atomic import LOCK_SUFFIX, output_lock, remove_leftovers
 from x2ct.cli import main
 from x2ct.models.checkpoints import UNSAFE_PICKLE, load_weights_only
