@@ -11,8 +11,8 @@ package; real ``slicer.util`` runs unmodified on top of them. Each piece names t
   reach :class:`ctkMessageBox`), no top-level widgets, ``coreIOManager()`` and, with views,
   ``layoutManager()``;
 - :class:`LayoutManager` (Libs/MRML/Widgets/qMRMLLayoutManager.cxx): a real ``vtkMRMLLayoutLogic``
-  and one real ``vtkMRMLSliceLogic`` per slice view (Red, Green, Yellow), which create the slice
-  composite nodes, as qMRMLSliceWidget does;
+  and one real ``vtkMRMLSliceLogic`` per slice view of the layouts set (Red, Green, Yellow, and those of custom
+  layouts), which create the slice composite nodes, as qMRMLSliceWidget does;
 - :class:`IOManager` (Base/QTCore/qSlicerCoreIOManager.cxx): volumes read by the real
   ``vtkSlicerVolumesLogic.AddArchetypeVolume`` with qSlicerVolumesReader.cxx's options and ``show``
   default, written by the node's real storage node as qSlicerNodeWriter.cxx does;
@@ -45,8 +45,6 @@ SHARE_DIR = Path(__file__).resolve().parent / "data" / "slicer_share"
 """Slicer's share files the logics read (see its PROVENANCE.md)."""
 
 MISSING_REASON = "slicer-core (Slicer's MRML as a wheel; Python >= 3.10) is not installed"
-
-SLICE_VIEWS = ("Red", "Green", "Yellow")
 
 calls: List[Dict[str, Any]] = []
 """Every dialog, pip install, DICOM import and 3-D view reset, in order: {"function": name, **arguments}."""
@@ -194,20 +192,28 @@ class LayoutManager:
     def __init__(self, slicer, appLogic, scene) -> None:
         import vtk
 
+        self._slicer, self._appLogic, self._scene = slicer, appLogic, scene
+        self._sliceLogics = vtk.vtkCollection()
+        self._widgets: Dict[str, SliceWidget] = {}
         self._layoutLogic = slicer.vtkMRMLLayoutLogic()
         self._layoutLogic.SetMRMLScene(scene)
         self.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
-        self._sliceLogics = vtk.vtkCollection()
-        self._widgets: Dict[str, SliceWidget] = {}
-        for name in SLICE_VIEWS:  # qMRMLSliceWidget: one slice logic per slice node of the layout
-            sliceNode = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
-            logic = slicer.vtkMRMLSliceLogic()
-            logic.SetMRMLApplicationLogic(appLogic)
-            logic.SetMRMLScene(scene)
+        appLogic.SetSliceLogics(self._sliceLogics)
+
+    def _addSliceWidgets(self) -> None:
+        """qMRMLSliceWidget: one slice logic per slice node of a layout (vtkMRMLLayoutLogic creates the nodes of the
+        views a layout names, custom layouts included)."""
+        for index in range(self._scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            sliceNode = self._scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
+            name = sliceNode.GetLayoutName()
+            if name in self._widgets:
+                continue
+            logic = self._slicer.vtkMRMLSliceLogic()
+            logic.SetMRMLApplicationLogic(self._appLogic)
+            logic.SetMRMLScene(self._scene)
             logic.SetSliceNode(sliceNode)
             self._sliceLogics.AddItem(logic)
             self._widgets[name] = SliceWidget(logic)
-        appLogic.SetSliceLogics(self._sliceLogics)
 
     @property
     def layout(self) -> int:
@@ -215,6 +221,7 @@ class LayoutManager:
 
     def setLayout(self, layout: int) -> None:
         self._layoutLogic.GetLayoutNode().SetViewArrangement(int(layout))
+        self._addSliceWidgets()
 
     def sliceViewNames(self) -> Tuple[str, ...]:
         return tuple(self._widgets)

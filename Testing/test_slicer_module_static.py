@@ -557,9 +557,10 @@ def test_requirements_match_the_x2ct_package():
         assert package.get(name) == requirement, (name, requirement, package.get(name))
 
 
-NOT_SLICER_RECEIVERS = {"sitk", "argparse", "X2CTReconLib", "X2CTRecon"}
-"""Modules whose capitalised calls are not Slicer/VTK APIs (SimpleITK, the standard library, our own code)."""
-SIMPLEITK_METHODS = {"TransformIndexToPhysicalPoint"}  # called on a SimpleITK image in selftest.py
+NOT_SLICER_RECEIVERS = {"sitk", "argparse", "X2CTReconLib", "X2CTRecon", "study"}
+"""Modules whose capitalised calls are not Slicer/VTK APIs (SimpleITK, the standard library, our own code:
+``study`` is x2ct.readerstudy.study, whose records the reader panel builds)."""
+SIMPLEITK_METHODS = {"TransformIndexToPhysicalPoint", "SetSpacing"}  # called on SimpleITK images in the self-tests
 
 
 def called_methods(tree: ast.AST) -> Set[str]:
@@ -587,9 +588,81 @@ def readme_slicer_section() -> str:
 def test_every_slicer_and_vtk_method_is_in_the_readme_api_table():
     section = readme_slicer_section()
     used = set()
-    for path in (MODULE_FILE, LIB_DIR / "selftest.py", BATCH_SCRIPT):
+    reader_study = REPO / "X2CTReaderStudy"
+    for path in (MODULE_FILE, LIB_DIR / "selftest.py", BATCH_SCRIPT, reader_study / "X2CTReaderStudy.py",
+                 *sorted((reader_study / "X2CTReaderStudyLib").glob("*.py"))):  # fmt: skip
         used |= called_methods(parse(path))
     assert {"AddNewNodeByClass", "SetCellText", "CreateDefaultVolumeRenderingNodes"} <= used  # the collector works
     missing = sorted(name for name in used if f"`{name}" not in section and f" {name}`" not in section
                      and f"{name}`" not in section and f"`{name}(" not in section)
     assert not missing, f"Slicer/VTK methods used but not in the README's API table: {missing}"
+
+
+# --- (h) the second module, X2CTReaderStudy ---------------------------------------------------------------
+
+READER_DIR = REPO / "X2CTReaderStudy"
+READER_FILE = READER_DIR / "X2CTReaderStudy.py"
+READER_LIB_DIR = READER_DIR / "X2CTReaderStudyLib"
+READER_UI_FILE = READER_DIR / "Resources" / "UI" / "X2CTReaderStudy.ui"
+
+
+def reader_sources() -> List[Path]:
+    return [READER_FILE, *sorted(READER_LIB_DIR.glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", reader_sources(), ids=lambda p: p.name)
+def test_reader_study_sources_are_python39_with_real_util_names_and_no_torch(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+    assert unknown_util_names(tree) == []
+    for node in ast.walk(tree):  # the panel reads study records only: x2ct.readerstudy.study, never torch
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not any(name.split(".")[0] == "torch" for name in names), (path, node.lineno)
+    for node in tree.body:  # loading the module in Slicer must not need x2ct
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(name.split(".")[0] == "x2ct" for name in names), path
+
+
+def test_reader_study_classes_ui_and_files():
+    tree = parse(READER_FILE)
+    classes = classes_of(tree)
+    for suffix, base in (("", "ScriptedLoadableModule"), ("Widget", "ScriptedLoadableModuleWidget"),
+                         ("Logic", "ScriptedLoadableModuleLogic"), ("Test", "ScriptedLoadableModuleTest")):
+        cls = classes[f"X2CTReaderStudy{suffix}"]
+        assert base in {b.id for b in cls.bases if isinstance(b, ast.Name)}, cls.name
+    assert {"loadUI", "childWidgetVariables", "errorDisplay", "setDataProbeVisible", "addVolumeFromArray"} <= {
+        name for path in reader_sources() for name, _ in slicer_util_uses(parse(path))}
+    root = ET.parse(READER_UI_FILE).getroot()
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget" and top.get("name") == "X2CTReaderStudy"
+    widgets = {w.get("name") for w in root.iter("widget")}
+    missing = self_ui_names(tree) - widgets
+    assert not missing, f"self.ui.* names not in {READER_UI_FILE.name}: {sorted(missing)}"
+    assert sorted(p.name for p in READER_DIR.glob("*.py")) == ["X2CTReaderStudy.py"]
+
+
+def test_reader_study_cmake_lists_every_script_and_resource():
+    raw = (REPO / "CMakeLists.txt").read_text()
+    subdirectories = cmake_call_args(cmake_text(REPO / "CMakeLists.txt"), "add_subdirectory")
+    assert ["X2CTReaderStudy"] in subdirectories
+    assert raw.index("add_subdirectory(X2CTRecon)") < raw.index("add_subdirectory(X2CTReaderStudy)")
+    assert raw.index("add_subdirectory(X2CTReaderStudy)") < raw.index("## NEXT_MODULE")
+    text = cmake_text(READER_DIR / "CMakeLists.txt")
+    assert cmake_set(text, "MODULE_NAME") == ["X2CTReaderStudy"]
+    scripts = resolve_module_name(cmake_set(text, "MODULE_PYTHON_SCRIPTS"), "X2CTReaderStudy")
+    resources = resolve_module_name(cmake_set(text, "MODULE_PYTHON_RESOURCES"), "X2CTReaderStudy")
+    lib = {f"X2CTReaderStudyLib/{p.name}" for p in READER_LIB_DIR.glob("*.py")}
+    assert set(scripts) == {"X2CTReaderStudy.py"} | lib
+    assert {"Resources/Icons/X2CTReaderStudy.png", "Resources/UI/X2CTReaderStudy.ui"} <= set(resources)
+    for item in scripts + resources:
+        assert (READER_DIR / item).is_file(), item
+    macro = cmake_call_args(text, "slicerMacroBuildScriptedModule")
+    assert len(macro) == 1 and "WITH_GENERIC_TESTS" in macro[0] and macro[0][:2] == ["NAME", "${MODULE_NAME}"]
+    assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)"
+                     r".*add_subdirectory\(Testing\).*endif\(\)", text, flags=re.DOTALL)
+    assert (READER_DIR / "Testing" / "Python" / "CMakeLists.txt").is_file()
+    from PIL import Image
+
+    with Image.open(READER_DIR / "Resources" / "Icons" / "X2CTReaderStudy.png") as image:
+        assert image.format == "PNG" and image.size == (128, 128)

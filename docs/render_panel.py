@@ -13,6 +13,11 @@ table from the ``findings.json`` next to it.
         --lateral Resources/SampleData/radiographs/lateral.png -o /tmp/x2ct-sample
     QT_QPA_PLATFORM=offscreen python docs/render_panel.py --summary /tmp/x2ct-sample/summary.json \\
         -o docs/images/slicer_panel.png
+
+The reader-study panel (X2CTReaderStudy/Resources/UI/X2CTReaderStudy.ui) is drawn the same way, filled as
+the module fills it on a real-vs-synthetic item (its questions come from X2CTReaderStudyLib.reading):
+
+    QT_QPA_PLATFORM=offscreen python docs/render_panel.py --reader-study -o docs/images/reader_study_panel.png
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Dict, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 UI_FILE = REPO / "X2CTRecon" / "Resources" / "UI" / "X2CTRecon.ui"
+READER_UI_FILE = REPO / "X2CTReaderStudy" / "Resources" / "UI" / "X2CTReaderStudy.ui"
 MODELS_DIR = REPO / "Resources" / "Models"
 
 QT_STAND_INS = {
@@ -33,12 +39,23 @@ QT_STAND_INS = {
     "qMRMLNodeComboBox": "QComboBox",
     "ctkSliderWidget": "QSlider",
     "qMRMLTableView": "QTableWidget",
+    "ctkPathLineEdit": "QLineEdit",
 }
 """Slicer/CTK class -> plain Qt class used for the picture."""
 
 DROPPED_PROPERTIES = {"nodeTypes", "addEnabled", "removeEnabled", "noneEnabled", "collapsed", "singleStep",
-                      "pageStep", "minimum", "maximum", "decimals", "SlicerParameterName", "visible"}
+                      "pageStep", "minimum", "maximum", "decimals", "SlicerParameterName", "visible", "filters"}
 """Properties the stand-ins do not have (or that only matter while running)."""
+
+
+def _save(app, panel, width: int, output: Path) -> None:
+    """Lay the panel out at ``width`` pixels, draw it offscreen and save it as PNG at ``output``."""
+    panel.resize(width, panel.sizeHint().height())
+    panel.show()
+    app.processEvents()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not panel.grab().save(str(output)):
+        raise RuntimeError(f"could not write {output}")
 
 
 def plainQtUi(uiText: str) -> str:
@@ -77,10 +94,8 @@ def consistencyLines(summary: Optional[Dict]) -> str:
 
 
 def render(output: Path, summary: Optional[Dict], findings_document: Optional[Dict] = None, width: int = 380) -> None:
-    from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt
-    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtCore import Qt
     from PySide6.QtWidgets import (
-        QApplication,
         QComboBox,
         QLabel,
         QProgressBar,
@@ -90,13 +105,7 @@ def render(output: Path, summary: Optional[Dict], findings_document: Optional[Di
         QTableWidgetItem,
     )
 
-    app = QApplication.instance() or QApplication([])
-    data = QByteArray(plainQtUi(UI_FILE.read_text(encoding="utf-8")).encode("utf-8"))
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.ReadOnly)
-    panel = QUiLoader().load(buffer)
-    if panel is None:
-        raise RuntimeError("QUiLoader could not load the rewritten .ui")
+    app, panel = loadPlainUi(UI_FILE)
 
     def child(kind, name):
         return panel.findChild(kind, name)
@@ -136,19 +145,69 @@ def render(output: Path, summary: Optional[Dict], findings_document: Optional[Di
         slider.setOrientation(Qt.Horizontal)
         slider.setRange(0, 100)
         slider.setValue(value)
-    panel.resize(width, panel.sizeHint().height())
-    panel.show()
-    app.processEvents()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not panel.grab().save(str(output)):
-        raise RuntimeError(f"could not write {output}")
+    _save(app, panel, width, output)
+
+
+def loadPlainUi(uiFile: Path):
+    """(QApplication, the panel) of a .ui rewritten by :func:`plainQtUi`."""
+    from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    data = QByteArray(plainQtUi(uiFile.read_text(encoding="utf-8")).encode("utf-8"))  # alive while QBuffer reads it
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.ReadOnly)
+    panel = QUiLoader().load(buffer)
+    if panel is None:
+        raise RuntimeError(f"QUiLoader could not load the rewritten {uiFile.name}")
+    return app, panel
+
+
+def renderReaderStudy(output: Path, width: int = 380) -> None:
+    """The X2CT Reader Study panel on the 13th of 40 items, a real-vs-synthetic CT half answered (1-5 scales)."""
+    import sys
+    from types import SimpleNamespace
+
+    from PySide6.QtWidgets import QLabel, QLineEdit, QPushButton, QRadioButton, QSpinBox
+
+    sys.path[:0] = [str(REPO / "X2CTReaderStudy")]
+    from X2CTReaderStudyLib import reading
+
+    app, panel = loadPlainUi(READER_UI_FILE)
+    definition = SimpleNamespace(disease="tuberculosis", confidence_scale="1-5", likert_points=5)
+    item = SimpleNamespace(task=reading.REAL_VS_SYNTHETIC, radiographs={}, volume="opaque")
+    questions = {q.key: q for q in reading.questionsFor(definition, item)}
+    panel.findChild(QLineEdit, "readerLineEdit").setText("reader01")
+    panel.findChild(QLineEdit, "studyPathLineEdit").setText("/data/studies/tb-reader-study")
+    panel.findChild(QLabel, "progressLabel").setText("12 of 40 answered")
+    panel.findChild(QLabel, "instructionLabel").setText(
+        "Is this CT real or synthetic? Rate its anatomy and slice consistency.")
+    call = questions[reading.CALL]
+    panel.findChild(QLabel, "callLabel").setText(call.label)
+    for name, choice in zip(("callFirstButton", "callSecondButton"), call.choices):
+        panel.findChild(QRadioButton, name).setText(f"{choice} ({reading.CALL_SHORTCUTS[choice]})")
+    panel.findChild(QRadioButton, "callSecondButton").setChecked(True)
+    for key, value in ((reading.CONFIDENCE, 4), (reading.ANATOMY, 3), (reading.CONSISTENCY, None)):
+        question = questions[key]
+        panel.findChild(QLabel, f"{key}Label").setText(question.label)
+        box = panel.findChild(QSpinBox, f"{key}SpinBox")
+        box.setRange(question.low - 1, question.high)
+        box.setValue(question.low - 1 if value is None else value)
+    panel.findChild(QPushButton, "backButton").hide()  # the study does not allow going back
+    _save(app, panel, width, output)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=REPO / "docs" / "images" / "slicer_panel.png")
     parser.add_argument("--summary", type=Path, help="summary.json of an x2ct prediction, to fill the results")
+    parser.add_argument("--reader-study", action="store_true", help="draw the X2CT Reader Study panel instead")
     args = parser.parse_args()
+    if args.reader_study:
+        renderReaderStudy(args.output)
+        print(f"wrote {args.output}")
+        return
     summary = json.loads(args.summary.read_text(encoding="utf-8")) if args.summary else None
     findings = None
     if args.summary and (args.summary.parent / "findings.json").is_file():

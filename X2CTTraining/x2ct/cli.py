@@ -719,6 +719,61 @@ def add_demo(sub: Commands) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def add_reader_study(sub: Commands) -> None:
+    p = sub.add_parser(
+        "reader-study",
+        help="blinded reader studies of real vs synthetic CT: build a study folder, analyse the readers' answers",
+        description="See docs/reader_study.md. Readers read the study in Slicer's X2CTReaderStudy module.",
+    )
+    steps = p.add_subparsers(dest="step", metavar="STEP", required=True)
+    build = steps.add_parser(
+        "build",
+        help="case list -> a blinded, self-contained study folder",
+        description="Generate each case's synthetic CT and write a blinded study folder OUT (new or empty): "
+        "study.json, items.json, volumes/ and radiographs/ under opaque ids, readers/<id>/order.json, and "
+        "coordinator/key.json (truth; keep it from readers). CASES.csv (UTF-8; paths relative to its folder) has the "
+        "columns pa (frontal radiograph: DICOM, PNG, JPEG, TIFF, NRRD, MHA), truth (1 disease present, 0 absent) "
+        "and, optional, lateral (lateral radiograph; selects a biplanar model), ct (the real CT, a file or a DICOM "
+        "series folder; needed for the real-vs-synthetic task) and case_id (your label, kept only in "
+        "coordinator/key.json; never a patient identifier). See docs/reader_study.md.",
+        parents=[device_option("auto")],
+    )
+    build.add_argument("cases", metavar="CASES.csv", help="case list: pa, truth, lateral, ct, case_id")
+    build.add_argument("out", metavar="OUT", help="the study folder to write (new or empty)")
+    build.add_argument("--definition", metavar="FILE.json", help="start from this study definition (study.json)")
+    build.add_argument("--name", help="study name shown to readers")
+    build.add_argument("--disease", help="what the diagnosis task asks about, e.g. 'pulmonary embolism'")
+    build.add_argument("--tasks", metavar="LIST", help="comma list of real_vs_synthetic, diagnosis (default both)")
+    build.add_argument("--design", choices=("sequential", "independent"), help="diagnosis design (default sequential)")
+    build.add_argument("--confidence-scale", choices=("1-5", "0-100"), help="real-vs-synthetic confidence scale")
+    build.add_argument("--allow-back", action="store_const", const=True, help="readers may go back to locked answers")
+    build.add_argument("--washout-days", type=int, metavar="DAYS", help="days between sessions (default 28)")
+    build.add_argument("--seed", type=int, help="study seed: counterbalancing and reader orders (default 0)")
+    build.add_argument("--readers", metavar="R1,R2", help="reader ids to write orders for (others get one in Slicer)")
+    build.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="generator (default: x2ct-demo-biplanar with a lateral, x2ct-demo-singleview without)",
+    )
+    build.set_defaults(func=cmd_reader_study_build)
+    analyze = steps.add_parser("analyze", help="a study folder (or a long-format scores CSV) -> statistics and report")
+    analyze.add_argument("study", metavar="STUDY|SCORES.csv", help="folder, or CSV reader,modality,case,truth,score")
+    analyze.add_argument("-o", "--output", metavar="REPORT", required=True, help="report folder")
+    analyze.set_defaults(func=cmd_reader_study_analyze)
+
+
+def cmd_reader_study_build(args: argparse.Namespace) -> int:
+    from .readerstudy.build import run_build
+
+    return run_build(args)
+
+
+def cmd_reader_study_analyze(args: argparse.Namespace) -> int:
+    from .readerstudy.analyze import run_analyze
+
+    return run_analyze(args)
+
+
 COMMANDS: Sequence[Callable[[Commands], None]] = (
     add_info,
     add_convert,
@@ -734,6 +789,7 @@ COMMANDS: Sequence[Callable[[Commands], None]] = (
     add_train_classifier,
     add_evaluate_classifier,
     add_demo,
+    add_reader_study,
 )
 """Every sub-command, in the order ``x2ct --help`` lists them."""
 
