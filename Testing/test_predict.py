@@ -100,6 +100,23 @@ def test_non_chest_dicom_is_refused_unless_forced(resources: Path, tmp_path: Pat
     assert run(["predict", "--pa", str(knee), "-o", str(out), "--force"], capsys)[0] == 0
 
 
+def test_a_refused_radiograph_is_reported_before_any_model_loads(resources: Path, tmp_path: Path, capsys, monkeypatch):
+    from x2ct.inference.models import ModelCache
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(ModelCache, "get", no_loading)
+    monkeypatch.setattr(ModelCache, "classifiers", no_loading)
+    knee = write_dx(tmp_path / "knee.dcm", view_position="PA", body_part="KNEE")
+    lateral = write_dx(tmp_path / "lateral.dcm", view_position="PA")  # tagged frontal, given as the lateral
+    cases = [(["--pa", str(knee)], (str(knee), "KNEE")),
+             (["--pa", str(PA_PNG), "--lateral", str(lateral)], (str(lateral), "--view-override"))]  # fmt: skip
+    for args, words in cases:
+        status, _, err = run(["predict", *args, "-o", str(tmp_path / "out")], capsys)
+        assert_one_line_error(status, err, *words)
+
+
 def test_biplanar_model_without_lateral_uses_its_single_view_sibling_or_refuses(
     resources: Path, tmp_path: Path, capsys
 ):
