@@ -39,7 +39,8 @@ TRAIN = ["grid_size=64", "width=0.0625", "ndf=4", "batch_size=3", "epochs_consta
 """One training step on the 3 cases."""
 
 REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = ("--synthetic-from", REPO / "Resources" / "SampleData" / "chest_ct.nii.gz",
+SAMPLE_CT = REPO / "Resources" / "SampleData" / "chest_ct.nii.gz"
+SYNTHETIC = ("--synthetic-from", SAMPLE_CT,
              "--labels", REPO / "Resources" / "SampleData" / "chest_labels.nii.gz", "--size", "64")  # fmt: skip
 """build-dataset options for synthetic 64³ cases of the real CT (named in full: the tiny models' fixture
 points the bundled resources elsewhere)."""
@@ -351,12 +352,16 @@ def test_every_writing_command_refuses_a_held_output(dataset, tmp_path: Path):
         ["evaluate-generator", "--model", "x2ct-demo-biplanar", "--data", dataset, "-o", out, "--device", "cpu"],
         ["evaluate-classifier", "--model", tmp_path / "any", "--data", dataset, "-o", out, "--device", "cpu"],
         ["demo", "-o", out, "--device", "cpu"],
+        ["drr", SAMPLE_CT, "-o", out, "--size", "32"],
+        ["convert-checkpoint", tmp_path / "net_G.pth", out],
     ]
-    with output_lock(out):
-        for command in commands:
+    volume = tmp_path / "ct.nrrd"
+    with output_lock(out), output_lock(volume):
+        for command in (*commands, ["convert", SAMPLE_CT, volume]):
+            held = volume if "convert" in command else out
             line = one_error_line(*run_cli(*command)[::2])
-            assert line.endswith(f"{out}: another x2ct run is writing this output (lock held by pid {os.getpid()})")
-    assert not out.exists() and not list(tmp_path.glob(f"*{LOCK_SUFFIX}"))
+            assert line.endswith(f"{held}: another x2ct run is writing this output (lock held by pid {os.getpid()})")
+    assert not out.exists() and not volume.exists() and not list(tmp_path.glob(f"*{LOCK_SUFFIX}"))
 
 
 # ------------------------------------------------------------------------------------------ pickles

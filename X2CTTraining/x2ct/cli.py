@@ -20,6 +20,7 @@ own warnings print as one line ``x2ct: warning: <file>: <problem>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Type
 
 from . import __version__
+from .atomic import exclusive_output
 from .errors import InputError
 from .userfiles import FAILURES_CSV, all_failed_error, check_output_file, check_output_folder, os_error_line
 from .views import LATERAL_KEY, PA_KEY
@@ -126,12 +128,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     image = read_ct(args.input)
     if args.canonical:
         image = to_canonical(image, size=args.size)
-    write_volume(image, args.output)
-    print(f"wrote {args.output}")
-    if args.preview:
-        title = f"{Path(args.input).name} on the canonical {args.size}^3 grid (320 mm cube)"
-        save_picture(three_plane_picture(canonical_array(image), title=title), args.preview)
-        print(f"wrote {args.preview}")
+    with contextlib.ExitStack() as locks:
+        for output in (args.output, args.preview):
+            if output:
+                locks.enter_context(exclusive_output(output))
+        write_volume(image, args.output)
+        print(f"wrote {args.output}")
+        if args.preview:
+            title = f"{Path(args.input).name} on the canonical {args.size}^3 grid (320 mm cube)"
+            save_picture(three_plane_picture(canonical_array(image), title=title), args.preview)
+            print(f"wrote {args.preview}")
     return 0
 
 
@@ -139,7 +145,8 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     from .models.checkpoints import convert_checkpoint
 
     (check_output_file if Path(args.output).suffix == ".safetensors" else check_output_folder)(args.output)
-    written = convert_checkpoint(args.input, args.output)
+    with exclusive_output(args.output):
+        written = convert_checkpoint(args.input, args.output)
     print(f"wrote {written}")
     return 0
 
@@ -185,7 +192,8 @@ def cmd_drr(args: argparse.Namespace) -> int:
     chosen = {PA_KEY: (PA,), LATERAL_KEY: (LATERAL,), BOTH_VIEWS: (PA, LATERAL)}[args.view]
     check_output_folder(args.output)
     ct = read_ct(args.ct)
-    written = write_drrs(ct, args.output, views=chosen, size=args.size, geometry=geometry, device=args.device)
+    with exclusive_output(args.output):
+        written = write_drrs(ct, args.output, views=chosen, size=args.size, geometry=geometry, device=args.device)
     for paths in written.values():
         print(f"wrote {paths['png']} and {paths['nrrd']}")
     return 0
