@@ -28,8 +28,8 @@ from test_predict import PA_PNG, save_tiny
 from x2ct.cli import ISSUES_URL, main
 from x2ct.data.builder import find_cases
 from x2ct.data.layout import read_manifest as read_data_manifest
+from x2ct.data.radiograph_manifest import read_radiograph_manifest as read_manifest
 from x2ct.errors import InputError
-from x2ct.inference.batch import read_manifest
 from x2ct.io.ct import NonFiniteVoxelsWarning, read_ct
 from x2ct.train.settings import read_settings
 from x2ct.userfiles import check_output_file, check_output_folder, read_csv_table

@@ -49,7 +49,8 @@ def make_batch(n: int, seed: int = 1) -> Dict[str, Tensor]:
 
 
 def test_registry_names_the_contract_archs():
-    assert set(CLASSIFIER_ARCHS) == set(TINY)
+    # latent-densenet3d needs a latent diffusion model's VAE on disk: Testing/test_latent_classifier.py runs it
+    assert set(CLASSIFIER_ARCHS) == set(TINY) | {"latent-densenet3d"}
 
 
 @pytest.mark.parametrize("arch", sorted(TINY))

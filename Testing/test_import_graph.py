@@ -58,6 +58,14 @@ def _resolve(name: str, modules: Dict[str, Path]) -> Optional[str]:
     return None
 
 
+def _packages_run_first(target: str, module: str, modules: Dict[str, Path]) -> Set[str]:
+    """The packages whose ``__init__`` Python runs before ``target`` when ``module`` imports it: every package
+    above ``target`` that does not also hold ``module`` (those are already being imported)."""
+    parts = target.split(".")
+    above = {".".join(parts[:end]) for end in range(1, len(parts))}
+    return {p for p in above if p in modules and p != module and not module.startswith(p + ".")}
+
+
 def import_graph(root: Path) -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, str]]]:
     """(module -> the package modules it imports, [(module, line, name) of every Slicer/Qt/CTK/VTK import])."""
     modules = package_modules(root)
@@ -72,6 +80,7 @@ def import_graph(root: Path) -> Tuple[Dict[str, Set[str]], List[Tuple[str, int, 
             target = _resolve(name, modules)
             if target is not None and target != module:
                 edges.add(target)
+                edges.update(_packages_run_first(target, module, modules))
         graph[module] = edges
     return graph, gui
 
@@ -127,8 +136,26 @@ def test_the_checker_sees_deferred_type_checking_and_relative_imports(tmp_path: 
     )
     (package / "c.py").write_text("from pkg.sub import b\nfrom . import a\n")
     graph, gui = import_graph(package)
-    assert graph["pkg.c"] == {"pkg.sub.b", "pkg.a"}
+    assert graph["pkg.c"] == {"pkg.sub.b", "pkg.sub", "pkg.a"}  # importing pkg.sub.b runs pkg/sub/__init__.py
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     assert gui == [("pkg.sub.b", 4, "vtk")]
     (package / "sub" / "b.py").write_text("import os\n")  # the cycle broken: a -> b only
+    assert find_cycle(import_graph(package)[0]) is None
+
+
+def test_the_checker_sees_a_cycle_through_a_package_init(tmp_path: Path):
+    """Importing ``pkg.inference.pre`` runs ``pkg/inference/__init__.py`` first; when that imports a module that
+    imports the importer back, Python fails with a partially initialised module: the checker must see it."""
+    package = tmp_path / "pkg"
+    for folder in ("inference", "data"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "inference" / "__init__.py").write_text("from .batch import run\n")
+    (package / "inference" / "batch.py").write_text("from ..data.folder import Case\n")
+    (package / "inference" / "pre.py").write_text("")
+    (package / "data" / "folder.py").write_text("from ..inference.pre import prepare\n")
+    cycle = find_cycle(import_graph(package)[0])
+    assert cycle is not None and {"pkg.inference", "pkg.inference.batch", "pkg.data.folder"} <= set(cycle)
+    (package / "inference" / "__init__.py").write_text("")  # the package no longer imports batch: no cycle
     assert find_cycle(import_graph(package)[0]) is None

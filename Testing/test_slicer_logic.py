@@ -556,6 +556,53 @@ def test_save_nrrd_findings_csv_and_dicom_export(recon, tmp_path):
         logic.exportToDicomDatabase(results)
 
 
+@needs_mrml
+def test_style_and_samples_give_an_sd_heat_map_layer_on_the_cts_grid(recon_gui, tmp_path):
+    """A stochastic model with a style model: the SD volume lies voxel for voxel on the CT, is the slice views'
+    foreground, uses the heat colours over 0..its 99th percentile (HU), and the run is described in the text."""
+    module, fake = recon_gui
+    from test_pipeline_options import save_tiny_diffusion, save_tiny_style
+
+    logic = _logic(module)
+    pa, _ = _samples(fake, tmp_path)
+    diffusion, style = save_tiny_diffusion(tmp_path / "diffusion"), save_tiny_style(tmp_path / "style")
+    from x2ct.inference.ood import OODReference, ViewReference, image_features, reference_path
+    from x2ct.views import PA
+
+    noise = np.random.default_rng(0).random((3, 64, 64))  # a made-up training domain: every radiograph is far from it
+    reference = OODReference({PA: ViewReference.fit(np.stack([image_features(x) for x in noise]))}, 64, threshold=1.0)
+    reference.write(reference_path(diffusion))
+    results = logic.process(pa, None, modelName=str(diffusion), device="cpu", style=str(style), samples=2,
+                            guidance=0.0, waitForCompletion=True)
+    prediction = results.prediction
+    sd = results.uncertaintyVolume
+    assert prediction.style.name == "tiny-style" and prediction.sampling.samples == 2
+    assert prediction.ood.flagged and results.outOfDistribution
+    assert results.oodText().startswith(f"Out-of-distribution score {prediction.ood.score:.3f} (threshold 1.000")
+    assert "OUT OF DISTRIBUTION" in results.oodText()
+    assert "Inputs translated to DRR style by tiny-style" in results.consistencyText()
+    assert "Mean of 2 samples" in results.consistencyText()
+    assert fake.util.arrayFromVolume(sd).tolist() == prediction.uncertainty_sd_hu.tolist()
+    assert sd.GetAttribute("X2CT.Units") == "HU" and sd.GetAttribute("X2CT.Synthetic").startswith("SYNTHETIC")
+    sdMatrix, ctMatrix = _matrix(sd), _matrix(results.ctVolume)
+    assert [sdMatrix.GetElement(r, c) for r in range(4) for c in range(4)] == \
+        [ctMatrix.GetElement(r, c) for r in range(4) for c in range(4)]
+    assert results.heatMapOutputs[0] == module.UNCERTAINTY_OUTPUT and "SD over 2 samples" in results.findingLabel(
+        module.UNCERTAINTY_OUTPUT)
+    display = sd.GetScalarVolumeDisplayNode()
+    top = float(np.percentile(prediction.uncertainty_sd_hu, module.UNCERTAINTY_SCALE_PERCENTILE))
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((0.0, top), rel=1e-4)
+    assert display.GetColorNodeID() == module.HEAT_MAP_COLOR_NODE_ID and display.GetApplyThreshold()
+    assert [c.GetForegroundVolumeID() for c in _compositeNodes(fake)] == [sd.GetID()] * 3
+    assert [c.GetBackgroundVolumeID() for c in _compositeNodes(fake)] == [results.ctVolume.GetID()] * 3
+    logic.setHeatMapThreshold(results, 0.5)
+    assert display.GetLowerThreshold() == pytest.approx(0.5 * top, rel=1e-4)
+    logic.showSliceLayers(results, "pa", module.UNCERTAINTY_OUTPUT)  # no SD map over a radiograph
+    assert [c.GetForegroundVolumeID() for c in _compositeNodes(fake)] == [None] * 3
+    with pytest.raises(logic.userErrorTypes(), match="deterministic"):
+        logic.process(pa, None, device="cpu", samples=4, waitForCompletion=True)
+
+
 def _install_torch_extension(monkeypatch):
     fake = types.ModuleType("PyTorchUtils")
     fake.PyTorchUtilsLogic = type("PyTorchUtilsLogic", (), {"torchInstalled": lambda self: True})
@@ -588,6 +635,27 @@ def test_batch_script_writes_what_x2ct_predict_writes(recon, tmp_path, monkeypat
                for i in range(fake.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
     assert {v.GetStorageNode().GetFileName() for v in volumes if v.GetStorageNode()} == {str(pa), str(lateral)}
     assert fake.app.applicationLogic().GetSelectionNode().GetActiveVolumeID() is None  # loaded with show off
+
+
+@needs_mrml
+def test_batch_script_passes_style_samples_and_guidance(recon, tmp_path, monkeypatch, capsys):
+    module, fake = recon
+    _install_torch_extension(monkeypatch)
+    import x2ct_batch
+
+    from test_pipeline_options import save_tiny_diffusion, save_tiny_style
+
+    pa, _ = _sampleFiles(tmp_path)
+    diffusion, style = save_tiny_diffusion(tmp_path / "diffusion"), save_tiny_style(tmp_path / "style")
+    out = tmp_path / "batch"
+    assert x2ct_batch.run(["--pa", str(pa), "-o", str(out), "--device", "cpu", "--model", str(diffusion),
+                           "--style", str(style), "--samples", "2", "--guidance", "0.5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["style"]["name"] == "tiny-style"
+    assert (summary["sampling"]["samples"], summary["sampling"]["guidance"]) == (2, 0.5)
+    assert (out / "uncertainty_sd_hu.nrrd").is_file()
+    assert x2ct_batch.run(["--pa", str(pa), "-o", str(tmp_path / "bad"), "--style", str(tmp_path / "none")]) == 2
+    assert "no such style model" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @needs_mrml
@@ -728,6 +796,26 @@ def test_model_cards_become_tooltips(lib, tmp_path):
     (tmp_path / "long").mkdir()
     (tmp_path / "long" / "MODEL_CARD.md").write_text("x" * 5000)
     assert len(lib.results.modelCardTooltip(tmp_path, "long", maxCharacters=100)) <= 102
+
+
+def test_ood_and_run_texts(lib):
+    from types import SimpleNamespace
+
+    from x2ct.inference.types import SamplingRecord, StyleRecord
+
+    results = lib.results
+    flagged = SimpleNamespace(score=0.91, threshold=0.4, flagged=True, per_view={"PA": 0.91})
+    assert results.oodText(flagged) == ("Out-of-distribution score 0.910 (threshold 0.400; PA 0.910): OUT OF "
+                                        "DISTRIBUTION: the inputs are unlike the model's training radiographs; treat "
+                                        "the CT with caution")
+    inside = SimpleNamespace(score=0.1, threshold=None, flagged=False, per_view={})
+    assert results.oodText(inside).endswith("(no calibrated threshold; ): within the training domain")
+    assert results.oodText(None) == "" and results.runText(None, None) == ""
+    text = results.runText(StyleRecord("demo", "/s", "ab" * 32), SamplingRecord(8, "ddim", 20, 0.0, 0))
+    assert text.splitlines() == [
+        "Inputs translated to DRR style by demo (sha256 abababababab…)",
+        "Mean of 8 samples (ddim, steps 20, guidance 0, seed 0); the SD over them is the uncertainty layer",
+    ]
 
 
 def test_requirement_checks_never_upgrade_present_packages(lib):

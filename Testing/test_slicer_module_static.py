@@ -190,7 +190,9 @@ def test_parameter_node_class_fields_and_optional():
     cls = parameter_node_class(parse(MODULE_FILE))
     assert cls.name == "X2CTReconParameterNode"
     fields = parameter_fields(cls)
-    assert set(fields) == {"paVolume", "lateralVolume", "model", "device", "heatMapOpacity", "heatMapThreshold"}
+    assert set(fields) == {"paVolume", "lateralVolume", "model", "device", "heatMapOpacity", "heatMapThreshold",
+                           "translateStyle", "style", "samples", "guidance"}
+    assert ast.unparse(fields["samples"]) == "Annotated[int, WithinRange(1, 64)]"  # a QSpinBox binding: its range
     assert ast.unparse(fields["paVolume"]) == "vtkMRMLScalarVolumeNode"
     assert ast.unparse(fields["lateralVolume"]) == "Optional[vtkMRMLScalarVolumeNode]"
     assert "Choice" in ast.unparse(fields["device"]) and ast.unparse(fields["device"]).startswith("Annotated[str")
@@ -318,6 +320,9 @@ def test_slicer_parameter_names_are_parameter_node_fields():
         "deviceComboBox": "device",
         "heatMapOpacitySlider": "heatMapOpacity",
         "heatMapThresholdSlider": "heatMapThreshold",
+        "styleCheckBox": "translateStyle",
+        "samplesSpinBox": "samples",
+        "guidanceSpinBox": "guidance",
     }
     assert set(bound.values()) <= fields
 
@@ -327,7 +332,10 @@ def test_ui_widgets_and_sections():
     for name in ("paSelector", "lateralSelector"):
         assert widgets[name].get("class") == "qMRMLNodeComboBox"
         assert property_text(widgets[name], "nodeTypes") == "vtkMRMLScalarVolumeNode"
-    for name in ("deviceComboBox", "modelComboBox", "heatMapOutputComboBox", "heatMapOverComboBox"):
+    for name, kind in (("styleCheckBox", "QCheckBox"), ("samplesSpinBox", "QSpinBox"), ("guidanceSpinBox",
+                                                                                        "QDoubleSpinBox")):
+        assert widgets[name].get("class") == kind, name  # the classes Slicer's GUI connectors bind exactly
+    for name in ("deviceComboBox", "modelComboBox", "styleComboBox", "heatMapOutputComboBox", "heatMapOverComboBox"):
         assert widgets[name].get("class") == "QComboBox", name
     for name in ("applyButton", "cancelButton", "saveVolumeButton", "exportDicomButton", "saveFindingsButton"):
         assert widgets[name].get("class") == "QPushButton", name
@@ -536,6 +544,7 @@ def test_top_level_cmake_bundles_models_and_sample_radiographs_where_x2ct_looks(
     for folder in DEMO_CASES.values():  # every sample case the demo reads ships
         assert f"${{CMAKE_CURRENT_SOURCE_DIR}}/Resources/SampleData/{folder}\n" in text, folder
     assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Classifiers" in text  # x2ct.inference.models.CLASSIFIERS_FOLDER
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/Resources/Styles" in text  # x2ct.inference.style (bundled style models)
 
 
 # --- (g) dependencies and the README's API table ---------------------------------------------------------

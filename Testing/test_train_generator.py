@@ -399,3 +399,14 @@ def test_evaluate_writes_the_protocol_columns(dataset, straight_run, tmp_path, o
     )
     assert code == 0, stderr
     assert (tmp_path / "eval2" / "metrics_per_case.csv").read_text() == (out / "metrics_per_case.csv").read_text()
+
+
+@pytest.mark.parametrize("source, target", [(256, 768), (64, 128), (100, 128), (128, 64)])
+def test_resize_keeps_the_edges(source: int, target: int):
+    """Upsampling a constant image gives the constant everywhere, the last row and column included (scipy's zoom
+    puts the last sample a rounding error outside the input for some factors; mode "nearest" keeps it there)."""
+    from x2ct.data.loader import resize
+
+    out = resize(np.full((source, source), 3.0), (target, target))
+    assert out.shape == (target, target)
+    np.testing.assert_allclose(out, 3.0)

@@ -44,6 +44,12 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirement
 AUTOMATIC_MODEL = ""
 """Model choice meaning: the bundled default for the inputs (biplanar with a lateral, single-view without)."""
 
+UNCERTAINTY_OUTPUT = "uncertainty_sd_hu"
+"""The heat-map layer of a stochastic model's per-voxel SD over its samples (HU; over the CT only), listed with the
+Grad-CAM outputs."""
+UNCERTAINTY_SCALE_PERCENTILE = 99.0
+"""The SD layer's colours run from 0 HU to this percentile of the map (as in x2ct's report.png)."""
+
 HEAT_MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
 """Perceptual heat colour table (Base/Logic/Resources/ColorFiles/Inferno.txt; id rule in vtkMRMLColorLogic.h)."""
 FALLBACK_HEAT_MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
@@ -82,7 +88,9 @@ Builds a <b>synthetic</b> 3D chest CT from a frontal (PA) chest radiograph and, 
 <b>Research use only — not for diagnosis.</b> Every output is labelled SYNTHETIC.
 <p>Choose the radiographs (from the DICOM database or PNG/JPEG/DICOM/NRRD files), a model and press
 <i>Create synthetic CT</i>. The CT appears in the slice and 3D views with the re-projection consistency
-scores, the classifiers' findings and Grad-CAM heat maps over the CT and the radiographs.</p>
+scores, the out-of-distribution score, the classifiers' findings and Grad-CAM heat maps over the CT and the
+radiographs. Clinical radiographs can first be translated to DRR style (CycleGAN). Stochastic (diffusion) models
+are sampled several times: the CT is the mean and the per-voxel standard deviation (HU) is an uncertainty layer.</p>
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer, SimpleITK, pydicom and PyTorch (through the SlicerPyTorch extension).
@@ -107,6 +115,10 @@ class X2CTReconParameterNode:
     device - "auto" (GPU if available), "cpu" or "cuda".
     heatMapOpacity - opacity of the Grad-CAM layer in the slice views (0-1).
     heatMapThreshold - Grad-CAM values below this (0-1) are transparent.
+    translateStyle - translate the radiographs to DRR style with the style model ``style`` first.
+    style - bundled style model name (x2ct.inference.style.bundled_style_names).
+    samples - stochastic models only: samples per reconstruction (mean CT + SD layer).
+    guidance - stochastic models only: weight of the radiograph-consistency guidance (0 = none).
     """
 
     paVolume: vtkMRMLScalarVolumeNode
@@ -115,6 +127,10 @@ class X2CTReconParameterNode:
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     heatMapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.4
     heatMapThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.3
+    translateStyle: bool = False
+    style: str = ""
+    samples: Annotated[int, WithinRange(1, 64)] = 8
+    guidance: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
 
 
 #
@@ -129,27 +145,45 @@ class X2CTReconResults:
     heatMaps - Grad-CAM volumes by source ("ct", "pa", "lateral") then finding output (e.g. "tb_present").
     radiographVolumes - the input nodes by source ("pa", "lateral").
     warnings - notes from the pipeline and from placing the heat maps.
+    uncertaintyVolume - stochastic models: the per-voxel SD over the samples (HU, on the CT's grid), else None.
     """
 
-    def __init__(self, prediction, ctVolume, findingsTable, heatMaps, radiographVolumes, warnings) -> None:
+    def __init__(self, prediction, ctVolume, findingsTable, heatMaps, radiographVolumes, warnings,
+                 uncertaintyVolume=None) -> None:
         self.prediction = prediction
         self.ctVolume = ctVolume
         self.findingsTable = findingsTable
         self.heatMaps: Dict[str, Dict[str, vtkMRMLScalarVolumeNode]] = heatMaps
         self.radiographVolumes: Dict[str, vtkMRMLScalarVolumeNode] = radiographVolumes
         self.warnings: List[str] = warnings
+        self.uncertaintyVolume: Optional[vtkMRMLScalarVolumeNode] = uncertaintyVolume
 
     @property
     def heatMapOutputs(self) -> List[str]:
-        return sorted({output for maps in self.heatMaps.values() for output in maps})
+        """The layers to choose from: the SD map first (stochastic models), then the Grad-CAM outputs."""
+        uncertainty = [UNCERTAINTY_OUTPUT] if self.uncertaintyVolume is not None else []
+        return uncertainty + sorted({output for maps in self.heatMaps.values() for output in maps})
 
     def findingLabel(self, output: str) -> str:
-        """Readable name of a finding output (its ``label``), or the output itself."""
+        """Readable name of a layer: a finding output's ``label`` (or the output itself), or the SD map's."""
+        if output == UNCERTAINTY_OUTPUT:
+            return f"Uncertainty: SD over {self.prediction.sampling.samples} samples (HU)"
         labels = {finding.output: finding.label for finding in self.prediction.findings}
         return labels.get(output) or output
 
     def consistencyText(self) -> str:
-        return X2CTResults.consistencyText(self.prediction.consistency, self.prediction.consistency_score)
+        """The re-projection scores, then the style and sampling of the run (X2CTReconLib.results)."""
+        lines = [X2CTResults.consistencyText(self.prediction.consistency, self.prediction.consistency_score),
+                 X2CTResults.runText(self.prediction.style, self.prediction.sampling)]
+        return "\n".join(line for line in lines if line)
+
+    def oodText(self) -> str:
+        """The out-of-distribution line ("" when the model has no reference)."""
+        return X2CTResults.oodText(self.prediction.ood)
+
+    @property
+    def outOfDistribution(self) -> bool:
+        return self.prediction.ood is not None and bool(self.prediction.ood.flagged)
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -188,6 +222,7 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = X2CTReconLogic()
         self._fillModelChoices()
+        self._fillStyleChoices()
 
         # Keep the parameter node valid when the scene is closed.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -196,6 +231,8 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.styleComboBox.connect("currentIndexChanged(int)", self.onStyleChanged)
+        self.ui.styleCheckBox.connect("toggled(bool)", self._updateOptionControls)
         self.ui.heatMapOutputComboBox.connect("currentIndexChanged(int)", self.onHeatMapDisplayChanged)
         self.ui.heatMapOverComboBox.connect("currentIndexChanged(int)", self.onHeatMapDisplayChanged)
         self.ui.heatMapOpacitySlider.connect("valueChanged(double)", self.onHeatMapOpacityChanged)
@@ -246,6 +283,8 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self._labelDeviceChoices()
             self._selectModel(self._parameterNode.model)
+            self._selectStyle(self._parameterNode.style)
+            self._updateOptionControls()
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
@@ -279,6 +318,42 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or AUTOMATIC_MODEL
         self.ui.modelComboBox.toolTip = self.ui.modelComboBox.itemData(index, qt.Qt.ToolTipRole) or ""
+        self._updateOptionControls()
+
+    def _fillStyleChoices(self) -> None:
+        """Every bundled style model (CycleGAN real -> DRR); each model's card is its tooltip."""
+        import qt
+
+        combo = self.ui.styleComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for name, card in self.logic.bundledStyles():
+            combo.addItem(name, name)
+            combo.setItemData(combo.count - 1, card, qt.Qt.ToolTipRole)
+        combo.blockSignals(False)
+
+    def _selectStyle(self, name: str) -> None:
+        index = self.ui.styleComboBox.findData(name)
+        self.ui.styleComboBox.currentIndex = max(index, 0)
+        if self._parameterNode and self.ui.styleComboBox.count:
+            self._parameterNode.style = self.ui.styleComboBox.itemData(self.ui.styleComboBox.currentIndex)
+
+    def onStyleChanged(self, index: int) -> None:
+        import qt
+
+        if self._parameterNode:
+            self._parameterNode.style = self.ui.styleComboBox.itemData(index) or ""
+        self.ui.styleComboBox.toolTip = self.ui.styleComboBox.itemData(index, qt.Qt.ToolTipRole) or ""
+
+    def _updateOptionControls(self, checked: bool = False) -> None:
+        """The style choice needs the checkbox and a bundled style; samples and guidance need a stochastic model."""
+        haveStyles = self.ui.styleComboBox.count > 0
+        self.ui.styleCheckBox.enabled = haveStyles
+        self.ui.styleComboBox.enabled = haveStyles and self.ui.styleCheckBox.checked
+        model = self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex) or AUTOMATIC_MODEL
+        stochastic = self.logic is not None and self.logic.isStochasticModel(model)
+        for widget in (self.ui.samplesLabel, self.ui.samplesSpinBox, self.ui.guidanceLabel, self.ui.guidanceSpinBox):
+            widget.enabled = stochastic
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
@@ -307,12 +382,20 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.ui.modelComboBox.count == 1:
                 self._fillModelChoices()  # the models can be listed once x2ct imports (after the install)
                 self._selectModel(parameters.model)
+            if self.ui.styleComboBox.count == 0:
+                self._fillStyleChoices()
+                self._selectStyle(parameters.style)
+                self._updateOptionControls()
+            stochastic = self.logic.isStochasticModel(parameters.model)
             self._setRunning(True, _("Starting…"))
             self.logic.process(
                 parameters.paVolume,
                 parameters.lateralVolume,
                 modelName=parameters.model,
                 device=parameters.device,
+                style=parameters.style if parameters.translateStyle and parameters.style else None,
+                samples=parameters.samples if stochastic else None,
+                guidance=parameters.guidance if stochastic else None,
                 heatMapThreshold=parameters.heatMapThreshold,
                 heatMapOpacity=parameters.heatMapOpacity,
                 waitForCompletion=False,
@@ -367,6 +450,7 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = has
         if not has:
             self.ui.consistencyLabel.text = ""
+            self.ui.oodLabel.text = ""
             self.ui.findingsTableView.setMRMLTableNode(None)
             self.ui.heatMapOutputComboBox.clear()
             self.ui.heatMapOverComboBox.clear()
@@ -374,6 +458,8 @@ class X2CTReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lines = [results.consistencyText()]
         lines += [f"warning: {warning}" for warning in results.warnings]
         self.ui.consistencyLabel.text = "\n".join(lines)
+        self.ui.oodLabel.text = results.oodText()
+        self.ui.oodLabel.styleSheet = X2CTResults.OOD_WARNING_STYLE if results.outOfDistribution else ""
         self.ui.findingsTableView.setMRMLTableNode(results.findingsTable)
         self.ui.findingsLabel.text = (
             "" if results.prediction.findings else _("No classifier ran for this model: no findings.")
@@ -596,6 +682,25 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             return []
         return [(name, X2CTResults.modelCardTooltip(models_dir(), name)) for name in bundled_model_names()]
 
+    def bundledStyles(self) -> List[Tuple[str, str]]:
+        """(name, model card text) of every bundled style model; empty while x2ct cannot be imported yet."""
+        try:
+            from x2ct.inference.style import bundled_style_names, styles_dir
+        except ImportError:
+            return []
+        return [(name, X2CTResults.modelCardTooltip(styles_dir(), name)) for name in bundled_style_names()]
+
+    def isStochasticModel(self, modelName: str) -> bool:
+        """Whether the bundled model ``modelName`` is sampled several times (latent diffusion); False for the
+        automatic choice (the deterministic demo models) and while x2ct cannot be imported yet."""
+        if not modelName:
+            return False
+        try:
+            from x2ct.inference.models import is_stochastic_bundled
+        except ImportError:
+            return False
+        return is_stochastic_bundled(modelName)
+
     def _modelCache(self, device: str):
         from x2ct.inference import ModelCache
 
@@ -629,10 +734,11 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
     # Reconstruction
 
     def runPipeline(self, paPath: str, lateralPath: Optional[str], modelName: str, device: str,
-                    force: bool = False, viewOverride: bool = False, progress=None, cancel=None):
+                    force: bool = False, viewOverride: bool = False, progress=None, cancel=None, options=None):
         """The one call of x2ct's inference pipeline; returns an ``x2ct.inference.Prediction``.
 
-        Runs on the worker thread in non-blocking mode: no MRML here.
+        ``options``: an ``x2ct.inference.GenerationOptions`` (style model, sampling) or None. Runs on the worker
+        thread in non-blocking mode: no MRML here.
         """
         from x2ct.inference import predict
 
@@ -641,7 +747,8 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         cache = self._modelCache(device)
         model = cache.get(modelName or None, have_lateral=lateralPath is not None)
         classifiers = cache.classifiers(have_lateral=lateralPath is not None)
-        return predict(model, paPath, lateralPath, force, viewOverride, progress, cancel, classifiers)
+        style = cache.style(options.style) if options is not None and options.style else None
+        return predict(model, paPath, lateralPath, force, viewOverride, progress, cancel, classifiers, options, style)
 
     @property
     def isRunning(self) -> bool:
@@ -653,8 +760,14 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
                 progressCallback: Optional[ProgressCallback] = None,
                 completedCallback: Optional[CompletedCallback] = None,
                 heatMapThreshold: Optional[float] = None,
-                heatMapOpacity: Optional[float] = None) -> Optional[X2CTReconResults]:
+                heatMapOpacity: Optional[float] = None, style: Optional[str] = None,
+                samples: Optional[int] = None, guidance: Optional[float] = None) -> Optional[X2CTReconResults]:
         """Reconstruct a synthetic CT from the radiographs behind ``paVolume`` (and ``lateralVolume``).
+
+        ``style``: a style model (bundled name or path) that translates the radiographs to DRR style first;
+        ``samples`` and ``guidance``: sampling of a stochastic (diffusion) model (None: its defaults; an error for a
+        deterministic model, except ``samples`` 1). A bad style model or option is an InputError, raised (blocking)
+        or handed to ``completedCallback``.
 
         Blocking (``waitForCompletion``): returns the results and raises on errors (InputError,
         PredictionCancelled, ...). Non-blocking: returns None at once; ``progressCallback(fraction,
@@ -667,8 +780,13 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         paPath = self.radiographFilePath(paVolume)
         lateralPath = self.radiographFilePath(lateralVolume) if lateralVolume is not None else None
 
+        from x2ct.inference import GenerationOptions
+
+        options = GenerationOptions(style=style or None, samples=samples, guidance=guidance)
+
         def work(progress, cancel):
-            return self.runPipeline(paPath, lateralPath, modelName, device, force, viewOverride, progress, cancel)
+            return self.runPipeline(paPath, lateralPath, modelName, device, force, viewOverride, progress, cancel,
+                                    options)
 
         def finish(prediction) -> X2CTReconResults:
             return self.showPrediction(prediction, paVolume, lateralVolume, showResult=showResult,
@@ -734,11 +852,12 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
                        lateralVolume: Optional[vtkMRMLScalarVolumeNode] = None, showResult: bool = True,
                        heatMapThreshold: Optional[float] = None,
                        heatMapOpacity: Optional[float] = None) -> X2CTReconResults:
-        """Put a prediction in the scene: the CT, the findings table and the Grad-CAM volumes.
+        """Put a prediction in the scene: the CT, the findings table, the Grad-CAM volumes and, for a stochastic
+        model, the SD over its samples (HU, on the CT's grid).
 
-        Heat-map values below ``heatMapThreshold`` are transparent. With ``showResult`` the layout
-        becomes slices + 3D, the CT is volume rendered and shown in the slice views with the first
-        finding's CT heat map as foreground at ``heatMapOpacity``. Both default to the parameter
+        Heat-map values below ``heatMapThreshold`` (of the map's range) are transparent. With ``showResult`` the
+        layout becomes slices + 3D, the CT is volume rendered and shown in the slice views with the SD map or else
+        the first finding's CT heat map as foreground at ``heatMapOpacity``. Both default to the parameter
         node's values.
         """
         from x2ct import views
@@ -777,7 +896,8 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
                     continue
                 self.configureHeatMapDisplay(node, heatMapThreshold)
                 heatMaps.setdefault(source, {})[output] = node
-        results = X2CTReconResults(prediction, ctVolume, table, heatMaps, radiographs, warnings)
+        uncertaintyVolume = self.addUncertaintyVolume(prediction, heatMapThreshold)
+        results = X2CTReconResults(prediction, ctVolume, table, heatMaps, radiographs, warnings, uncertaintyVolume)
         if showResult:
             self.showLayout(ctVolume)
             outputs = results.heatMapOutputs
@@ -807,6 +927,34 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
             display.SetAutoWindowLevel(0)
             display.SetWindowLevel(*CT_WINDOW_LEVEL_HU)
         return volume
+
+    def addUncertaintyVolume(self, prediction, threshold: float) -> Optional[vtkMRMLScalarVolumeNode]:
+        """A stochastic model's per-voxel SD over its samples as the volume "SYNTHETIC SD (HU) over K samples
+        (<model>)" on the CT's grid (x2ct's ``uncertainty_sd_hu.nrrd`` image), shown as a heat map; None without
+        one."""
+        image = prediction.uncertainty_image()
+        if image is None:
+            return None
+        from x2ct.inference import SYNTHETIC_NOTE
+
+        model = prediction.model
+        volume = self.addVolumeFromImage(image, f"SYNTHETIC SD (HU) over {prediction.sampling.samples} samples "
+                                                f"({model.name})")
+        volume.SetAttribute("X2CT.Synthetic", SYNTHETIC_NOTE)
+        volume.SetAttribute("X2CT.Model", model.name)
+        volume.SetAttribute("X2CT.Units", "HU")
+        self.configureUncertaintyDisplay(volume, prediction.uncertainty_sd_hu, threshold)
+        return volume
+
+    def configureUncertaintyDisplay(self, volume: vtkMRMLScalarVolumeNode, sdHU, threshold: float) -> None:
+        """Heat colours from 0 HU to the map's 99th percentile; SDs below ``threshold`` x that top are transparent."""
+        import numpy as np
+
+        top = float(np.percentile(sdHU, UNCERTAINTY_SCALE_PERCENTILE)) or 1.0
+        self.configureHeatMapDisplay(volume, threshold)
+        display = volume.GetScalarVolumeDisplayNode()
+        display.SetWindowLevelMinMax(0.0, top)
+        display.SetThreshold(threshold * top, max(float(np.max(sdHU)), top))
 
     def addFindingsTable(self, findings, name: str):
         """A locked vtkMRMLTableNode with one text row per finding (columns: X2CTReconLib.results.FINDINGS_COLUMNS)."""
@@ -859,15 +1007,22 @@ class X2CTReconLogic(ScriptedLoadableModuleLogic):
         for maps in results.heatMaps.values():
             for volume in maps.values():
                 volume.GetScalarVolumeDisplayNode().SetThreshold(threshold, 1.0)
+        if results.uncertaintyVolume is not None:
+            self.configureUncertaintyDisplay(results.uncertaintyVolume, results.prediction.uncertainty_sd_hu,
+                                             threshold)
 
     def setHeatMapOpacity(self, opacity: float) -> None:
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
 
     def showSliceLayers(self, results: X2CTReconResults, source: str = "ct", output: Optional[str] = None,
                         opacity: float = 0.4) -> None:
-        """Slice views: the CT (``source`` "ct") or a radiograph as background, its heat map of ``output`` on top."""
+        """Slice views: the CT (``source`` "ct") or a radiograph as background, its heat map of ``output`` on top
+        (``UNCERTAINTY_OUTPUT``: the SD map, over the CT only)."""
         background = results.ctVolume if source == "ct" else results.radiographVolumes[source]
-        foreground = results.heatMaps.get(source, {}).get(output) if output else None
+        if output == UNCERTAINTY_OUTPUT:
+            foreground = results.uncertaintyVolume if source == "ct" else None
+        else:
+            foreground = results.heatMaps.get(source, {}).get(output) if output else None
         haveViews = slicer.app.layoutManager() is not None
         slicer.util.setSliceViewerLayers(
             background=background, foreground=foreground, foregroundOpacity=opacity,

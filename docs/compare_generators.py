@@ -7,7 +7,10 @@ Usage::
 1. ``WORK/data``: ``x2ct build-dataset --synthetic-from sample --cases 600 --seed 7 --size 64`` (480 / 60 / 60).
 2. Every row trains with ``x2ct train-generator`` for ``--minutes`` of training time (``max_minutes``; one
    torch thread each, ``--jobs`` rows at a time on a CPU of as many cores), so each gets the same compute;
-   the CPU minutes the process used are measured (``os.wait4``) and reported.
+   the CPU minutes the process used are measured (``os.wait4``) and reported. The latent diffusion row trains
+   with ``x2ct train-diffusion --preset demo`` in its two stages one after the other, the VAE for
+   :data:`VAE_SHARE` of the budget and the latent denoiser for the rest (CPU minutes of both summed); it is
+   scored like the others, one DDIM sample per case (the model's ``forward``, seed 0).
 3. Each model is scored on the test split by ``x2ct evaluate-generator`` (the image metric protocol and the
    lesion metrics, docs/metric_protocol.md) and, for the biplanar rows, by ``x2ct lesion-check`` (a 25 mm
    solid lesion painted into each of the five lobes of the un-augmented CT).
@@ -47,11 +50,13 @@ LESION = next(item for item in RECIPE if item.startswith("lesion_weight="))
 
 @dataclass(frozen=True)
 class Row:
-    """One generator of the comparison: its ``x2ct train-generator --set`` settings."""
+    """One generator of the comparison: its ``x2ct train-generator --set`` settings (``x2ct train-diffusion
+    --preset demo --set`` settings when ``diffusion``)."""
 
     key: str
     label: str
     settings: Tuple[str, ...]
+    diffusion: bool = False
 
     @property
     def biplanar(self) -> bool:
@@ -72,9 +77,15 @@ ROWS = (
         'arch_options={"dense_units": 64}', *L1_NADAM)),  # fmt: skip
     Row("dual_unet_512_b", "dual U-Net, 512-unit dense bottleneck", ("architecture=dual_unet", "views=2",
         'arch_options={"dense_units": 512}', *L1_NADAM)),  # fmt: skip
+    Row("latent_diffusion_b", "latent diffusion (demo sizes), PA + lateral", ("views=2",), diffusion=True),
 )
-BUNDLED = ("x2ct-demo-biplanar", "x2ct-demo-singleview")
-"""The bundled demo generators, scored on the same test cases below the table (trained longer, on two threads)."""
+VAE_SHARE = 0.4
+"""Share of the budget the latent diffusion row spends on its VAE stage (the rest on the latent denoiser)."""
+DIFFUSION_COMMON = ("epochs=1000", "device=cpu", "progress=false", "tensorboard=off", "keep_every_epochs=0",
+                    "val_every_epochs=0", "seed=0")  # fmt: skip
+BUNDLED = ("x2ct-demo-biplanar", "x2ct-demo-singleview", "x2ct-demo-diffusion")
+"""The bundled demo generators, scored on the same test cases below the table (trained longer, on two threads; the
+diffusion model on one, docs/bundle_demo_diffusion.py); those not installed are left out."""
 COMMON = ("grid_size=64", "batch_size=4", "epochs_constant=1000", "epochs_decay=0", "device=cpu",
           "progress=false", "tensorboard=off", "keep_every_epochs=0", "val_every_epochs=0",
           "sample_every_epochs=0", "seed=0")  # fmt: skip
@@ -93,11 +104,37 @@ def portable(value: Any, work: Path) -> Any:
     return value.replace(str(REPO) + "/", "")
 
 
+def train_diffusion(row: Row, work: Path, minutes: float) -> None:
+    """The two stages of a latent diffusion row, one after the other (VAE in WORK/runs/<key>-vae, then the denoiser
+    in WORK/runs/<key>); writes WORK/runs/<key>/cost.json with the CPU minutes of both."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    vae_run, run = work / "runs" / f"{row.key}-vae", work / "runs" / row.key
+    cpu = wall = 0.0
+    for stage, share, extra in (("vae", VAE_SHARE, []), ("ldm", 1.0 - VAE_SHARE, ["--vae", vae_run / "model"])):
+        out = vae_run if stage == "vae" else run
+        sets = [f"max_minutes={minutes * share:g}", "threads=1", *DIFFUSION_COMMON, *row.settings]
+        args = ["train-diffusion", "--preset", "demo", "--stage", stage, *extra, "--data", work / "data", "-o", out]
+        args += [part for item in sets for part in ("--set", item)]
+        with open(work / f"train_{row.key}_{stage}.log", "w") as log:
+            start = time.monotonic()
+            process = subprocess.Popen(x2ct(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
+            _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"training {row.key} ({stage}) failed: see {work / f'train_{row.key}_{stage}.log'}")
+        cpu += (usage.ru_utime + usage.ru_stime) / 60.0
+        wall += (time.monotonic() - start) / 60.0
+        print(f"trained {row.key} ({stage})", flush=True)
+    (run / "cost.json").write_text(json.dumps({"cpu_minutes": cpu, "wall_minutes": wall}) + "\n")
+
+
 def train_all(rows: Sequence[Row], work: Path, minutes: float, jobs: int) -> Dict[str, Dict[str, float]]:
-    """Train the rows not trained yet, ``jobs`` at a time; returns {key: {cpu_minutes, wall_minutes}} of new runs
-    (earlier ones come from WORK/runs/<key>/cost.json)."""
+    """Train the rows not trained yet, ``jobs`` at a time (the diffusion rows first, one at a time); returns {key:
+    {cpu_minutes, wall_minutes}} of new runs (earlier ones come from WORK/runs/<key>/cost.json)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     waiting = [row for row in rows if not (work / "runs" / row.key / "model" / "model.json").is_file()]
+    for row in [row for row in waiting if row.diffusion]:
+        train_diffusion(row, work, minutes)
+    waiting = [row for row in waiting if not row.diffusion]
     running: Dict[int, Tuple[Row, float]] = {}
     while waiting or running:
         while waiting and len(running) < jobs:
@@ -138,6 +175,9 @@ def evaluate(row: Row, work: Path, model: Optional[Path] = None) -> Dict[str, An
         record["lesion_check"] = json.loads(check.read_text())
     meta = json.loads((model / "model.json").read_text())
     record["steps"] = meta["training"]["steps"]
+    vae_meta = work / "runs" / f"{row.key}-vae" / "model" / "model.json"
+    if row.diffusion and vae_meta.is_file():  # both stages' steps
+        record["steps"] = f"VAE {json.loads(vae_meta.read_text())['training']['steps']} + LDM {record['steps']}"
     record["parameters"] = meta["weights"]["parameters"]
     record["training_minutes"] = meta["training"]["seconds"] / 60.0
     record["threads"] = meta["training"]["threads"]
@@ -150,8 +190,12 @@ def evaluate_bundled(work: Path) -> Dict[str, Dict[str, Any]]:
 
     records = {}
     for name in BUNDLED:
-        row = Row(name, name, ("views=2",) if "biplanar" in name else ("views=1",))
-        record = evaluate(row, work, resources_dir() / "Models" / name)
+        folder = resources_dir() / "Models" / name
+        if not (folder / "model.json").is_file():
+            continue
+        views = json.loads((folder / "model.json").read_text())["network"]["config"].get("views", 2)
+        row = Row(name, name, (f"views={views}",))
+        record = evaluate(row, work, folder)
         if (work / "evals" / "template" / "lesions_per_lesion.csv").is_file():
             record["minus_template"] = difference_to_template(work, name)
         records[name] = record
@@ -258,8 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     body = [f"Command: `{command}` ({cpu}, {os.cpu_count()} cores)", "", *table(results), "",
-            "The bundled demo models on the same test cases (docs/bundle_demo_generators.py: the lesion-loss recipe, "
-            "trained longer and on two threads, so not at the table's budget):", "", *bundled_table(results)]
+            "The bundled demo models on the same test cases, not at the table's budget "
+            "(docs/bundle_demo_generators.py: the lesion-loss recipe, trained longer and on two threads; "
+            "x2ct-demo-diffusion: docs/bundle_demo_diffusion.py, one thread):", "", *bundled_table(results)]
     DOC.write_text(head + BEGIN + "\n" + "\n".join(body) + "\n" + END + tail, encoding="utf-8")
     print(f"wrote {RESULTS} and {DOC}")
     return 0

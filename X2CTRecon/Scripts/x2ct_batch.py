@@ -3,11 +3,13 @@
     Slicer --no-main-window --python-script X2CTRecon/Scripts/x2ct_batch.py \\
         --pa PA_FILE [--lateral LATERAL_FILE] -o OUTPUT_DIR \\
         [--model NAME] [--device auto|cpu|cuda] [--dicom] [--force] [--view-override]
+        [--style NAME|PATH] [--samples K] [--guidance W]
 
 The radiographs are loaded as volume nodes (as "Add Data" would) and reconstructed by
 X2CTReconLogic in blocking mode, without the widget. OUTPUT_DIR receives what ``x2ct predict``
 writes, through the same ``x2ct.inference.write_prediction``: synthetic_ct.nrrd, summary.json,
-report.png and, with --dicom, dicom/ (a series marked SYNTHETIC). Nothing is installed here: a
+report.png, uncertainty_sd_hu.nrrd for a stochastic model sampled more than once and, with --dicom, dicom/ (a
+series marked SYNTHETIC). --style, --samples and --guidance are those of ``x2ct predict``. Nothing is installed here: a
 missing dependency is reported (open the module once in the Slicer window to install it).
 
 Exit status: 0 written; 2 a user error (bad or missing input, output folder in use, missing
@@ -44,6 +46,12 @@ def parseArguments(argv: List[str]) -> argparse.Namespace:
         help="run even when a DICOM is not a chest radiograph by its Modality, SOP class or BodyPartExamined",
     )
     parser.add_argument("--view-override", action="store_true", help="trust --pa/--lateral over the view tags")
+    parser.add_argument("--style", metavar="NAME|PATH", help="translate the radiographs to DRR style with this "
+                        "CycleGAN style model first (bundled name or path)")
+    parser.add_argument("--samples", type=int, metavar="K", help="stochastic (diffusion) models: samples per case; "
+                        "writes their mean and uncertainty_sd_hu.nrrd (default 8)")
+    parser.add_argument("--guidance", type=float, metavar="W", help="stochastic models: radiograph-consistency "
+                        "guidance weight (default 0: none)")
     return parser.parse_args(argv)
 
 
@@ -85,7 +93,8 @@ def run(argv: List[str]) -> int:
         lateralVolume = loadRadiograph(args.lateral)
         results = logic.process(
             paVolume, lateralVolume, modelName=args.model, device=args.device, force=args.force,
-            viewOverride=args.view_override, waitForCompletion=True, showResult=False,
+            viewOverride=args.view_override, waitForCompletion=True, showResult=False, style=args.style,
+            samples=args.samples, guidance=args.guidance,
             progressCallback=lambda fraction, message: logging.info(f"x2ct_batch: {100 * fraction:3.0f}% {message}"),
         )
         logic.writeOutputFolder(results, args.output, dicom=args.dicom)

@@ -1,7 +1,8 @@
 """Turning an ``x2ct`` prediction into what the panel shows (no Slicer imports here).
 
 * findings (``Prediction.findings``, x2ct.inference.Finding records) -> table columns and rows, and a CSV file;
-* re-projection consistency scores -> a few lines of text;
+* re-projection consistency scores -> a few lines of text; the out-of-distribution score, the style model and the
+  sampling of a stochastic model -> one line each;
 * a Grad-CAM map computed on the radiograph pixels as ``x2ct`` read them -> the same map in the voxel
   order of the radiograph's volume node, so that it can be placed with that node's own IJK->RAS;
 * a bundled model's card -> a tooltip.
@@ -108,6 +109,34 @@ def consistencyText(consistency: Mapping[str, Mapping[str, float]], score: Optio
     ]
     if score is not None:
         lines.append(f"mean NCC {score:.3f} (agreement of the CT's re-projection with the input; not accuracy)")
+    return "\n".join(lines)
+
+
+OOD_WARNING_STYLE = "color: #d04000; font-weight: bold"
+"""Style sheet of the OOD line when the inputs are flagged as out of distribution (a warning colour)."""
+
+
+def oodText(ood: Any) -> str:
+    """An x2ct OOD score (``Prediction.ood``: score, threshold, flagged, per_view) as one line; "" without one."""
+    if ood is None:
+        return ""
+    threshold = "no calibrated threshold" if ood.threshold is None else f"threshold {ood.threshold:.3f}"
+    views = ", ".join(f"{view} {value:.3f}" for view, value in (ood.per_view or {}).items())
+    verdict = "OUT OF DISTRIBUTION: the inputs are unlike the model's training radiographs; treat the CT with caution" \
+        if ood.flagged else "within the training domain"
+    return f"Out-of-distribution score {ood.score:.3f} ({threshold}; {views}): {verdict}"
+
+
+def runText(style: Any, sampling: Any) -> str:
+    """The style model (``Prediction.style``) and the sampling (``Prediction.sampling``) of a run as lines; "" for
+    a deterministic model without a style."""
+    lines = []
+    if style is not None:
+        lines.append(f"Inputs translated to DRR style by {style.name} (sha256 {str(style.sha256)[:12]}…)")
+    if sampling is not None:
+        steps = "model default" if sampling.steps is None else sampling.steps
+        lines.append(f"Mean of {sampling.samples} samples ({sampling.sampler}, steps {steps}, guidance "
+                     f"{sampling.guidance:g}, seed {sampling.seed}); the SD over them is the uncertainty layer")
     return "\n".join(lines)
 
 

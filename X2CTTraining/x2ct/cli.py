@@ -37,6 +37,7 @@ from .views import LATERAL_KEY, PA_KEY
 
 if TYPE_CHECKING:
     from .drr_geometry import DRRGeometry
+    from .inference import GenerationOptions
 
 PROG = "x2ct"
 EXIT_FAILURE = 1
@@ -239,6 +240,32 @@ def cmd_build_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate_radiographs(args: argparse.Namespace) -> int:
+    from .data.clinical_dicom import SimulationOptions, parse_effects, simulate_dataset, simulate_files
+
+    if (args.data is None) == (not args.files):
+        raise InputError(None, "give either --data DIR (a built data set) or radiograph files, not both")
+    if args.dose_ugy is not None and not 0 < args.dose_ugy <= 1000:
+        raise InputError(None, f"--dose-ugy {args.dose_ugy:g}: give a detector air kerma in µGy above 0 (e.g. 2.5)")
+    random = "random"
+    options = SimulationOptions(
+        seed=args.seed,
+        modality=None if args.modality == random else args.modality,
+        photometric=None if args.photometric == random else args.photometric,
+        grid=None if args.grid == random else args.grid == "yes",
+        dose_ugy=args.dose_ugy,
+        effects=parse_effects(args.effects),
+    )
+    check_output_folder(args.output)
+    if args.data is not None:
+        report = simulate_dataset(args.data, args.split, args.output, options)
+    else:
+        report = simulate_files(args.files, args.output, options)
+    print(f"simulated {len(report.written)} cases, skipped {len(report.skipped)} (finished earlier); manifest "
+          f"{report.manifest} (x2ct predict --manifest reads it)")  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -250,7 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_manifest, predict_to_folder
 
     classifiers = () if args.no_classifiers else args.classifier
-    options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force, classifiers=classifiers)
+    options = dict(model=args.model, device=args.device, dicom=args.dicom, force=args.force, classifiers=classifiers,
+                   options=_generation(args))  # fmt: skip
     if args.manifest:
         if args.pa or args.lateral:
             raise InputError(args.manifest, "give either --manifest or --pa/--lateral, not both")
@@ -277,36 +305,84 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"wrote {args.output}/ with {prediction.model.name} on {prediction.model.device} "
         f"in {prediction.timings_s['total']:.1f} s; re-projection consistency: {scores}"
     )
+    ood = prediction.ood
+    if ood is not None:
+        threshold = "uncalibrated" if ood.threshold is None else f"threshold {ood.threshold:.2f}"
+        verdict = "OUT OF DISTRIBUTION (inputs unlike the model's training radiographs)" if ood.flagged else "in range"
+        print(f"  out-of-distribution score {ood.score:.2f} ({threshold}): {verdict}")
     for f in prediction.findings:
         print(f"  {f.label}: {f.probability:.2f} (threshold {f.threshold:.2f}) {f.call}")
     return 0
 
 
-def cmd_train_generator(args: argparse.Namespace) -> int:
-    from .train import load_config, train_generator
-
-    config = load_config(args.config, overrides(args))
-    if config.out:
-        check_output_folder(config.out)
-    result = train_generator(config)
+def _report_training(result: Any, what: str = "model") -> int:
+    """Exit status 0 after a training run, with one line from rank 0: the steps, minutes and where the model is,
+    or how to continue a run that stopped early (``max_steps``)."""
     if result.rank != 0:
         return 0
     if result.finished:
-        print(f"trained {result.global_step} steps in {result.seconds / 60:.1f} min; model in {result.model_dir}")
+        print(f"trained {result.global_step} steps in {result.seconds / 60:.1f} min; {what} in {result.model_dir}")
     else:
         print(f"stopped at step {result.global_step}; run the same command again to continue")
     return 0
 
 
+def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from .train.diffusion import load_diffusion_config, train_diffusion
+
+    config = load_diffusion_config(args.config, overrides(args, stage=args.stage, vae=args.vae, init=args.init),
+                                   args.preset)  # fmt: skip
+    if config.out:
+        check_output_folder(config.out)
+    return _report_training(train_diffusion(config))
+
+
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from .train import load_config, train_generator
+
+    config = load_config(args.config, overrides(args, shape_induction=args.shape_induction))
+    if config.out:
+        check_output_folder(config.out)
+    return _report_training(train_generator(config))
+
+
+def cmd_train_style(args: argparse.Namespace) -> int:
+    from .train.style import load_config, train_style
+
+    config = load_config(args.config, overrides(args, real=args.real, drr=args.drr))
+    if config.out:
+        check_output_folder(config.out)
+    return _report_training(train_style(config), "style model")
+
+
+def cmd_calibrate_ood(args: argparse.Namespace) -> int:
+    from .inference.ood_calibration import calibrate, summary_line
+
+    print(summary_line(calibrate(args.model, args.data, args.simulated, args.percentile)))
+    return 0
+
+
 def cmd_evaluate_generator(args: argparse.Namespace) -> int:
-    from .evaluate.generator import evaluate_generator, headline, lesion_headline
+    from .evaluate.generator import EvaluationExtras, evaluate_generator, headline, lesion_headline
 
     check_output_folder(args.output)
-    csv_path, json_path, document = evaluate_generator(args.model, args.data, args.output, args.split, args.device)
+    extras = EvaluationExtras(
+        frechet_classifier=args.frechet_classifier, samples=args.samples, guidance=args.guidance,
+        sampler_steps=args.sampler_steps, seed=0 if args.seed is None else args.seed,
+    )  # fmt: skip
+    csv_path, json_path, document = evaluate_generator(
+        args.model, args.data, args.output, args.split, args.device, extras=extras
+    )
     print(headline(document))
     lesions = lesion_headline(document)
     if lesions is not None:
         print(lesions)
+    if "frechet" in document:
+        fd = document["frechet"]
+        bias = " (fewer cases than dimensions: biased; compare at equal case counts only)" if fd["biased"] else ""
+        print(f"Fréchet distance {fd['distance']:.4g} ({fd['n_real']} cases, {fd['dims']} features){bias}")
+    if "uncertainty" in document:
+        print(document["uncertainty"]["headline"])
     print(f"wrote {csv_path} and {json_path}")
     return 0
 
@@ -338,6 +414,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     shorthands = dict(task=args.task, arch=args.arch, inputs=args.inputs, ct_source=args.ct_source,
                       labels=args.labels, threads=args.threads)  # fmt: skip
     config = load_config(args.config, overrides(args, **shorthands))
+    if args.vae is not None:  # latent-densenet3d: the latent diffusion model whose VAE encodes the CTs
+        from dataclasses import replace
+
+        config = replace(config, arch_options={**config.arch_options, "vae": args.vae})
     if config.out:
         check_output_folder(config.out)
     result = train_classifier(config, resume=args.resume)
@@ -405,6 +485,53 @@ def device_option(default: Optional[str]) -> argparse.ArgumentParser:
     return parent
 
 
+def sampling_options() -> argparse.ArgumentParser:
+    """The sampling options of stochastic (diffusion) generators (``predict``, ``evaluate-generator``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--samples",
+        type=int,
+        metavar="K",
+        help="stochastic generators: samples per case; the CT is their mean and their per-voxel SD the uncertainty "
+        "(predict: default 8, written as uncertainty_sd_hu.nrrd; an error for deterministic generators unless 1. "
+        "evaluate-generator: K >= 2, scored in OUT/uncertainty.json, docs/uncertainty.md)",
+    )
+    parent.add_argument("--sampler-steps", type=int, metavar="N", help="stochastic generators: sampler steps "
+                        "(default: the model's)")  # fmt: skip
+    parent.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="stochastic generators: weight of the radiograph-consistency guidance of each sampling step "
+        "(default 0 = none; guidance is several times slower)",
+    )
+    parent.add_argument("--seed", type=int, metavar="S", help="stochastic generators: sampler seed (default 0)")
+    return parent
+
+
+def generation_options() -> argparse.ArgumentParser:
+    """``--style`` and :func:`sampling_options`, read by :func:`_generation` into
+    :class:`x2ct.inference.GenerationOptions` (``predict``, also with ``--manifest``)."""
+    parent = argparse.ArgumentParser(add_help=False, parents=[sampling_options()])
+    parent.add_argument(
+        "--style",
+        metavar="NAME|PATH",
+        help="translate each radiograph to DRR style with this CycleGAN style model (bundled name or path) "
+        "before the generator; recorded in summary.json",
+    )
+    return parent
+
+
+def _generation(args: argparse.Namespace) -> GenerationOptions:
+    """The :class:`x2ct.inference.GenerationOptions` of :func:`generation_options` (InputError when out of range)."""
+    from .inference import GenerationOptions
+
+    return GenerationOptions(
+        style=args.style, samples=args.samples, sampler_steps=args.sampler_steps, guidance=args.guidance,
+        seed=args.seed,
+    )  # fmt: skip
+
+
 def geometry_options() -> argparse.ArgumentParser:
     """``--sad``, ``--sid`` and ``--detector-mm`` (mm), defaulting to :class:`x2ct.drr.DRRGeometry`'s (official
     X2CT-GAN) geometry."""
@@ -437,7 +564,7 @@ def settings_options(default_config: str) -> argparse.ArgumentParser:
 def overrides(args: argparse.Namespace, **shorthands: Any) -> List[str]:
     """``--set`` items followed by the shorthand options given (``data``, ``out`` and the command's own), as
     ``KEY=VALUE`` (later items win)."""
-    named = {"data": args.data, "out": args.output, "device": args.device, **shorthands}
+    named = {"data": getattr(args, "data", None), "out": args.output, "device": args.device, **shorthands}
     return [*(args.set or []), *(f"{key}={value}" for key, value in named.items() if value is not None)]
 
 
@@ -575,6 +702,33 @@ def add_build_dataset(sub: Commands) -> None:
     p.set_defaults(func=cmd_build_dataset)
 
 
+def add_simulate_radiographs(sub: Commands) -> None:
+    from .data.layout import SPLIT_CHOICES
+
+    p = sub.add_parser(
+        "simulate-radiographs",
+        help="simulated clinical CR/DX radiographs (DICOM) of a data set's DRRs: scatter, noise, processing, ...",
+        description="Run the clinical-radiograph simulator (docs/clinical_simulator.md) on the DRRs of a built data "
+        "set (xray1 = PA, xray2 = lateral) or on radiograph files, and write OUT/<case_id>/pa.dcm (+ lateral.dcm), "
+        "OUT/<case_id>/params.json and OUT/manifest.csv (case_id,pa,lateral), which x2ct predict --manifest reads. "
+        "Every image is marked SYNTHETIC. Seeded: the same options give the same files; finished cases are skipped.",
+    )
+    p.add_argument("files", nargs="*", metavar="FILE", help="radiograph/DRR files instead of --data (each a case)")
+    p.add_argument("--data", metavar="DIR", help="data set built by 'x2ct build-dataset'")
+    p.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="with --data (default test)")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (resumable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every parameter and of the noise (default 0)")
+    p.add_argument("--modality", choices=("CR", "DX", "random"), default="random", help="default random per case")
+    p.add_argument("--photometric", choices=("MONOCHROME1", "MONOCHROME2", "random"), default="random",
+                   help="MONOCHROME1 stores dense structures dark (default random per case)")  # fmt: skip
+    p.add_argument("--grid", choices=("yes", "no", "random"), default="random", help="anti-scatter grid")
+    p.add_argument("--dose-ugy", type=float, metavar="X", help="detector air kerma in µGy (default drawn, 1-10)")
+    p.add_argument("--effects", default="all", metavar="LIST",
+                   help="comma list of pose, marker, heel, scatter, noise, mtf, usm, lut, collimation; all "
+                   "(default) or none")  # fmt: skip
+    p.set_defaults(func=cmd_simulate_radiographs)
+
+
 def add_predict(sub: Commands) -> None:
     p = sub.add_parser(
         "predict",
@@ -584,8 +738,10 @@ def add_predict(sub: Commands) -> None:
         "--pa a single-view model is used. --manifest CSV (UTF-8; columns pa, lateral, case_id; paths relative to "
         "the CSV's folder) predicts every case into DIR/<case_id>/, skips finished cases and carries on past failing "
         "ones, listed in DIR/failures.csv (exit 0 when at least one case is finished; when every case failed, exit 2 "
-        "and DIR holds only failures.csv); under torchrun the cases are shared among the processes.",
-        parents=[device_option("auto")],
+        "and DIR holds only failures.csv); under torchrun the cases are shared among the processes. --style applies "
+        "a CycleGAN style model to the inputs first; a stochastic (diffusion) generator is sampled --samples times "
+        "and also writes DIR/uncertainty_sd_hu.nrrd (per-voxel SD, HU, on the CT's grid).",
+        parents=[device_option("auto"), generation_options()],
     )
     p.add_argument("--pa", metavar="FILE", help="frontal (PA) radiograph: DICOM, PNG, JPEG, TIFF, NRRD, MHA")
     p.add_argument("--lateral", metavar="FILE", help="lateral radiograph (needs --pa; selects a biplanar model)")
@@ -615,6 +771,26 @@ def add_predict(sub: Commands) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def add_train_diffusion(sub: Commands) -> None:
+    p = sub.add_parser(
+        "train-diffusion",
+        help="train the latent diffusion generator (stages vae -> ldm -> lora); resumable",
+        description="Train one stage of the X-ray2CTPA-style latent diffusion generator: the per-slice VAE (vae), "
+        "the conditional 3D latent denoiser with the VAE frozen (ldm, needs --vae), or LoRA adapters on a trained "
+        "denoiser (lora, needs --init). Settings: x2ct/train/diffusion_default.json, a --preset or --config file, "
+        "then --set KEY=VALUE; see docs/latent_diffusion.md. Running again with the same -o resumes with identical "
+        "results.",
+        parents=[settings_options("x2ct/train/diffusion_default.json"), device_option(None)],
+    )
+    p.add_argument("--stage", choices=("vae", "ldm", "lora"), help="= --set stage=... (default vae)")
+    p.add_argument("--vae", metavar="RUN_OR_MODEL", help="stage ldm: the trained VAE (a vae run folder or its model)")
+    p.add_argument("--init", metavar="MODEL", help="stage lora: the trained latent diffusion model (run or model)")
+    p.add_argument("--preset", metavar="NAME", help="named settings: tiny (tests), demo (64³, the seed's design), "
+                   "demo_fast (demo + x0 prediction + back-projection prior: the bundled demo), seed (X-ray2CTPA "
+                   "sizes); instead of --config")  # fmt: skip
+    p.set_defaults(func=cmd_train_diffusion)
+
+
 def add_train_generator(sub: Commands) -> None:
     p = sub.add_parser(
         "train-generator",
@@ -625,7 +801,56 @@ def add_train_generator(sub: Commands) -> None:
         "identical results.",
         parents=[settings_options("the official settings"), device_option(None)],
     )
+    p.add_argument(
+        "--shape-induction",
+        metavar="DIR",
+        help="also fine-tune on the radiographs without CT in DIR (PA; PA + lateral for views=2; manifest.csv or "
+        "every radiograph file) by shape induction (= --set shape_induction=DIR; docs/shape_induction.md). "
+        "For a short fine-tune add --set shape_mode=joint: every step then also trains on the paired data, "
+        "which holds the HU level (the default, the paper's alternation, starts with 90 radiograph-only epochs)",
+    )
     p.set_defaults(func=cmd_train_generator)
+
+
+def add_train_style(sub: Commands) -> None:
+    p = sub.add_parser(
+        "train-style",
+        help="train a CycleGAN style model (real radiographs -> DRR look) on two unpaired folders; resumable",
+        description="Train a CycleGAN (ResNet or U-Net generators, PatchGAN, LSGAN, cycle lambda 10, NAdam, an EMA "
+        "of the real -> DRR generator) on unpaired folders of real radiographs and DRRs, pooling PA and lateral "
+        "images. Every setting comes from the config file (default x2ct/train/style_default.json) and --set "
+        "KEY=VALUE; see docs/style_transfer.md. Running again with the same -o resumes from RUN/checkpoints/last.pt "
+        "with identical results. The model (RUN/model) is used with x2ct predict --style RUN/model.",
+        parents=[device_option(None)],
+    )
+    p.add_argument("--real", metavar="DIR", help="folder of real (clinical) radiographs (= --set real=DIR)")
+    p.add_argument("--drr", metavar="DIR", help="folder of DRRs like the generators' training inputs (= --set drr=DIR)")
+    p.add_argument("-o", "--output", metavar="RUN", help="run folder: checkpoints, logs, the style model")
+    p.add_argument("--config", metavar="FILE", help="JSON config file (default: x2ct/train/style_default.json)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.set_defaults(func=cmd_train_style)
+
+
+def add_calibrate_ood(sub: Commands) -> None:
+    p = sub.add_parser(
+        "calibrate-ood",
+        help="the out-of-distribution reference of a generator: training-DRR statistics and a threshold",
+        description="Compute the image statistics of the training split's DRRs of a built data set (the generator's "
+        "training domain), set the threshold at the 99th percentile of the held-out (val + test) DRR scores, report "
+        "the cross-fitted false-alarm rate and, with --simulated, the detection rate on simulated clinical "
+        "radiographs; write ood_reference.json into the model folder, where x2ct predict finds it (docs/ood.md).",
+    )
+    p.add_argument("--model", metavar="NAME|PATH", required=True, help="bundled model name or x2ct model folder")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        required=True,
+        action="append",
+        help="a data set of the model's training cases (its splits); repeatable, e.g. the same cases at two DRR sizes",
+    )
+    p.add_argument("--simulated", metavar="DIR", help="radiographs without CT, e.g. x2ct simulate-radiographs output")
+    p.add_argument("--percentile", type=float, default=99.0, help="threshold percentile of held-out DRRs (99)")
+    p.set_defaults(func=cmd_calibrate_ood)
 
 
 def add_evaluate_generator(sub: Commands) -> None:
@@ -634,7 +859,7 @@ def add_evaluate_generator(sub: Commands) -> None:
         help="score a generator on a data-set split under the declared metric protocol",
         description="Run the generator on every case of the split (the case's stored DRRs as input) and compare "
         "with its CT under docs/metric_protocol.md. Writes OUT/metrics_per_case.csv and OUT/metrics_summary.json.",
-        parents=[data_options("test"), device_option("auto")],
+        parents=[data_options("test"), device_option("auto"), sampling_options()],
     )
     p.add_argument(
         "--model",
@@ -643,6 +868,12 @@ def add_evaluate_generator(sub: Commands) -> None:
         help="bundled model name, official .pth, x2ct model folder, or a train-generator run/checkpoint",
     )
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder for the CSV and JSON")
+    p.add_argument(
+        "--frechet-classifier",
+        metavar="MODEL",
+        help="a CT classifier (x2ct train-classifier RUN/model; one that sees the whole volume, e.g. cnn3d): adds "
+        "the Fréchet distance of real vs synthetic CTs in its penultimate features to the summary",
+    )
     p.set_defaults(func=cmd_evaluate_generator)
 
 
@@ -682,7 +913,13 @@ def add_train_classifier(sub: Commands) -> None:
         "--arch",
         metavar="ARCH",
         help="densenet2d, hemis-densenet2d, cnn3d, cnn3d-2slice, densenet3d, "
-        "concat-cnn3d, concat-cnn3d-2slice or late-fusion (= --set arch=...)",
+        "concat-cnn3d, concat-cnn3d-2slice, late-fusion or latent-densenet3d (= --set arch=...)",
+    )
+    p.add_argument(
+        "--vae",
+        metavar="MODEL",
+        help="latent-densenet3d: the latent diffusion model (bundled name or folder) whose frozen VAE encodes the "
+        "CTs; named with its sha256 in the classifier (= arch_options vae)",
     )
     p.add_argument("--inputs", metavar="KEYS", help="comma list of pa, lateral, ct (default: what the arch reads)")
     p.add_argument(
@@ -789,9 +1026,13 @@ COMMANDS: Sequence[Callable[[Commands], None]] = (
     add_migrate_model,
     add_drr,
     add_build_dataset,
+    add_simulate_radiographs,
     add_predict,
     add_train_generator,
+    add_train_diffusion,
+    add_train_style,
     add_evaluate_generator,
+    add_calibrate_ood,
     add_lesion_check,
     add_synthesize_ct,
     add_train_classifier,
@@ -821,7 +1062,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Running a command
 
 
-DISTRIBUTED_COMMANDS = ("train-generator", "train-classifier", "synthesize-ct")
+DISTRIBUTED_COMMANDS = ("train-generator", "train-diffusion", "train-classifier", "synthesize-ct")
 """Commands that share their work among the processes of ``torchrun`` (and ``predict --manifest``)."""
 
 

@@ -60,12 +60,14 @@ SYNTHETIC_CT_FILE = "synthetic_ct.nrrd"
 
 def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """``scipy.ndimage.zoom(order=1)`` of ``array`` to ``shape`` in float64 (the official ``Resize_image``;
-    interpolating in float64 rather than the stored integer type avoids re-quantising). No-op if equal."""
+    interpolating in float64 rather than the stored integer type avoids re-quantising). No-op if equal.
+    ``mode="nearest"``: for some factors (256 -> 768) rounding puts the last output row's sample a hair outside
+    the input, where the default ``constant`` mode would give 0."""
     array = np.asarray(array, dtype=np.float64)
     if tuple(array.shape) == tuple(shape):
         return array
     factors = [t / s for t, s in zip(shape, array.shape)]
-    out = ndimage.zoom(array, factors, order=1)
+    out = ndimage.zoom(array, factors, order=1, mode="nearest")
     if out.shape != tuple(shape):  # zoom rounds the output shape; never happens for integer ratios
         raise ValueError(f"resize {array.shape} -> {tuple(shape)} gave {out.shape}")
     return out

@@ -23,41 +23,30 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..atomic import write_text_atomic
+from ..data.radiograph_manifest import RadiographCase, read_radiograph_manifest
 from ..distributed import gather, main_rank_owns, session, shard
 from ..errors import InputError, PathLike
 from ..models.checkpoints import resolve_device
-from ..userfiles import check_output_folder, listed_path, os_error_line, read_csv_table, write_failure_report
-from ..views import LATERAL_KEY, PA_KEY
+from ..userfiles import check_output_folder, os_error_line, write_failure_report
 from .models import ModelCache
 from .outputs import is_finished
 from .predict import predict_to_folder
-
-MANIFEST_COLUMNS = (PA_KEY, LATERAL_KEY, "case_id")
-"""Columns of a ``--manifest`` CSV; ``lateral`` is optional (column or cell)."""
+from .types import GenerationOptions
 
 BATCH_SUMMARY = "batch_summary.csv"
 """Per-case status table written into the batch output folder."""
 
-_CASE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-@dataclass(frozen=True)
-class ManifestCase:
-    """One manifest row: the case id (a plain file name) and its radiographs (``lateral`` None when absent)."""
-
-    case_id: str
-    pa: Path
-    lateral: Optional[Path]
-
-
 @dataclass
 class CaseResult:
-    """Outcome of one manifest row: ``status`` is "done", "skipped" (finished earlier) or "failed"."""
+    """Outcome of one manifest row: ``status`` is "done", "skipped" (finished earlier) or "failed"; for a done case
+    its re-projection ``consistency`` and, when the model has an OOD reference, ``ood_score`` and ``ood_flagged``."""
 
     case_id: str
     status: str
     message: str = ""
     consistency: Optional[float] = None
+    ood_score: Optional[float] = None
+    ood_flagged: Optional[bool] = None
 
 
 @dataclass
@@ -76,56 +65,21 @@ class BatchReport:
         return sum(case.status == status for case in self.cases)
 
 
-def read_manifest(path: PathLike) -> List[ManifestCase]:
-    """The rows of a manifest CSV, read by :func:`x2ct.userfiles.read_csv_table` (UTF-8 with or without BOM,
-    CRLF or LF, quoted cells); paths by :func:`x2ct.userfiles.listed_path` (relative to the CSV's folder).
-
-    Raises InputError (naming the CSV) for a missing or unreadable file or column, an empty manifest, a row
-    without a ``pa`` path, or a case id that is empty, repeated, or not a plain file name (letters, digits,
-    ``.``, ``_``, ``-``).
-    """
-    manifest = Path(path)
-    if not manifest.exists():
-        raise InputError(manifest, "manifest file not found")
-    table = read_csv_table(manifest)
-    missing = [c for c in (PA_KEY, "case_id") if c not in table.columns]
-    if missing:
-        raise InputError(manifest, f"missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
-    cases: List[ManifestCase] = []
-    seen = set()
-    for number, row in zip(table.lines, table.rows):
-        case_id = row["case_id"]
-        if not case_id or case_id.startswith(".") or not set(case_id) <= _CASE_ID_CHARS:
-            raise InputError(
-                manifest, f"line {number}: case_id '{case_id}' must be a plain name (letters, digits, . _ -)"
-            )
-        if case_id in seen:
-            raise InputError(manifest, f"line {number}: case_id '{case_id}' appears twice")
-        seen.add(case_id)
-        pa, lateral = (row.get(key, "") for key in (PA_KEY, LATERAL_KEY))
-        if not pa:
-            raise InputError(manifest, f"line {number}: case_id '{case_id}' has no {PA_KEY} radiograph")
-        cases.append(
-            ManifestCase(case_id, listed_path(pa, manifest), listed_path(lateral, manifest) if lateral else None)
-        )
-    if not cases:
-        raise InputError(manifest, "manifest lists no cases")
-    return cases
-
-
 def _write_batch_summary(
-    out_root: Path, results: Sequence[CaseResult], cases: Dict[str, ManifestCase]
+    out_root: Path, results: Sequence[CaseResult], cases: Dict[str, RadiographCase]
 ) -> Optional[Path]:
-    """``out_root/batch_summary.csv`` (case id, status, consistency and message of every result) when a case
+    """``out_root/batch_summary.csv`` (case id, status, consistency, OOD score and flag, message of every result;
+    empty cells where they do not apply) when a case
     is finished, and ``out_root/failures.csv`` of the failed ones; returns the failure report's path."""
     out_root.mkdir(parents=True, exist_ok=True)
     failed = [r for r in results if r.status == "failed"]
     if len(failed) < len(results):
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["case_id", "status", "consistency", "message"])
+        writer.writerow(["case_id", "status", "consistency", "ood_score", "ood_flagged", "message"])
         for r in results:
-            writer.writerow([r.case_id, r.status, "" if r.consistency is None else r.consistency, r.message])
+            cells = [r.consistency, r.ood_score, None if r.ood_flagged is None else str(r.ood_flagged).lower()]
+            writer.writerow([r.case_id, r.status, *("" if c is None else c for c in cells), r.message])
         write_text_atomic(out_root / BATCH_SUMMARY, buffer.getvalue())
     else:  # nothing finished: no summary that could pass for a finished batch (an earlier one is stale)
         (out_root / BATCH_SUMMARY).unlink(missing_ok=True)
@@ -134,13 +88,14 @@ def _write_batch_summary(
 
 
 def _run_case(
-    case: ManifestCase,
+    case: RadiographCase,
     out: Path,
     cache: ModelCache,
     model: Optional[str],
     dicom: bool,
     force: bool,
     view_override: bool,
+    options: Optional[GenerationOptions],
 ) -> CaseResult:
     """One case into ``out/<case_id>/``: skipped when finished earlier; any failure becomes a "failed" result."""
     case_dir = out / case.case_id
@@ -148,9 +103,13 @@ def _run_case(
         return CaseResult(case.case_id, "skipped", "finished earlier")
     try:
         prediction = predict_to_folder(
-            case_dir, case.pa, case.lateral, model, dicom=dicom, force=force, view_override=view_override, cache=cache
-        )
-        return CaseResult(case.case_id, "done", consistency=prediction.consistency_score)
+            case_dir, case.pa, case.lateral, model, dicom=dicom, force=force, view_override=view_override,
+            cache=cache, options=options,
+        )  # fmt: skip
+        ood = prediction.ood
+        return CaseResult(case.case_id, "done", consistency=prediction.consistency_score,
+                          ood_score=None if ood is None else round(ood.score, 4),
+                          ood_flagged=None if ood is None else ood.flagged)  # fmt: skip
     except InputError as err:
         return CaseResult(case.case_id, "failed", str(err))
     except OSError as err:  # e.g. an unwritable case folder or a full disk
@@ -170,27 +129,32 @@ def predict_manifest(
     view_override: bool = False,
     show_progress: bool = True,
     classifiers: Optional[Sequence[PathLike]] = None,
+    options: Optional[GenerationOptions] = None,
 ) -> BatchReport:
     """Predict every case of a manifest CSV into ``out_root/<case_id>/`` (module doc).
 
     Resume: a case whose folder already holds a finished prediction is skipped. Failure isolation:
     a case that fails is recorded (one line on stderr) and the others go on. The manifest is
     validated before any case runs. ``classifiers`` as in :class:`~x2ct.inference.models.ModelCache`.
+    ``options`` (style, sampling) apply to every case; a style model that cannot be loaded stops the batch before
+    any case runs (InputError); sampling options a case's model cannot honour fail that case.
     One run at a time writes ``out_root`` (:func:`x2ct.distributed.main_rank_owns`; InputError while another
     holds it), and what a killed run left there is removed first.
     """
-    cases = read_manifest(manifest)
+    cases = read_radiograph_manifest(manifest)
     out = check_output_folder(out_root)
     by_case = {case.case_id: case for case in cases}
     chosen = resolve_device(device)
     with session(chosen) as ctx, main_rank_owns(out, ctx):
         cache = ModelCache(ctx.device(chosen), classifiers)
+        if options is not None and options.style is not None:
+            cache.style(options.style)
         results: List[CaseResult] = []
         failures: Optional[Path] = None
         mine = shard(cases, ctx)
         bar = tqdm(mine, desc="predict", unit="case", disable=not (show_progress and ctx.is_main))
         for case in bar:
-            results.append(_run_case(case, out, cache, model, dicom, force, view_override))
+            results.append(_run_case(case, out, cache, model, dicom, force, view_override, options))
             if results[-1].status == "failed":
                 bar.write(f"x2ct: case {case.case_id} failed: {results[-1].message}", file=sys.stderr)
             if not ctx.distributed:

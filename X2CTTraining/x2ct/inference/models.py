@@ -9,18 +9,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ..classify.checkpoint import load_classifier
 from ..drr_geometry import DRRGeometry
 from ..errors import InputError, PathLike
-from ..models.checkpoints import bundled_model_names, load_generator, models_dir, resolve_device
+from ..models.checkpoints import ARCHITECTURES, bundled_model_names, load_generator, models_dir, resolve_device
 from ..models.metadata import METADATA_FILE, ModelMetadata, read_document
 from ..resources import bundled_names, resources_dir
 from ..views import LATERAL, LATERAL_KEY, PA_KEY
 from .types import InputSpec, LoadedClassifier, LoadedModel
+
+if TYPE_CHECKING:
+    from .style import LoadedStyle
 
 DEFAULT_BIPLANAR = "x2ct-demo-biplanar"
 """Bundled model used when a lateral is given and no ``--model``."""
@@ -63,6 +66,14 @@ def _bundled_metadata(name: str) -> Optional[ModelMetadata]:
         return None
     path = models_dir() / name / METADATA_FILE
     return ModelMetadata.from_dict(read_document(path), str(path))
+
+
+def is_stochastic_bundled(name: str) -> bool:
+    """Whether the bundled generator ``name`` is stochastic, i.e. sampled K times with an SD map (its
+    architecture's network has ``stochastic = True``: latent diffusion); False for other or unknown names."""
+    metadata = _bundled_metadata(name)
+    network = ARCHITECTURES.get(metadata.architecture) if metadata is not None else None
+    return network is not None and bool(getattr(network[0], "stochastic", False))
 
 
 def select_model(model: Optional[str], have_lateral: bool) -> str:
@@ -137,7 +148,7 @@ def load_classifiers(
 
 
 class ModelCache:
-    """Loaded generators by choice, and the classifiers, so a batch loads each model once.
+    """Loaded generators by choice, the classifiers and style models, so a batch loads each model once.
 
     ``device``: "auto", "cpu", "cuda" or a torch device. ``classifiers``: names or paths
     (:func:`load_classifiers`); ``None`` = every bundled classifier, an empty sequence = none.
@@ -150,6 +161,7 @@ class ModelCache:
         self._models: Dict[str, LoadedModel] = {}
         self._classifier_choice = None if classifiers is None else list(classifiers)
         self._classifiers: Optional[List[LoadedClassifier]] = None
+        self._styles: Dict[str, LoadedStyle] = {}
 
     def classifiers(self, have_lateral: bool) -> List[LoadedClassifier]:
         """The classifiers for a case. Bundled ones that need a lateral are left out of a PA-only case; a
@@ -169,3 +181,12 @@ class ModelCache:
         if choice not in self._models:
             self._models[choice] = load_model(choice, self.device)
         return self._models[choice]
+
+    def style(self, name_or_path: str) -> LoadedStyle:
+        """The style model ``name_or_path`` (bundled name or path, :func:`x2ct.inference.style.load_style`;
+        InputError for a missing or bad one), loaded once."""
+        if name_or_path not in self._styles:
+            from .style import load_style
+
+            self._styles[name_or_path] = load_style(name_or_path, self.device)
+        return self._styles[name_or_path]

@@ -1,4 +1,5 @@
-"""A prediction's output folder: ``synthetic_ct.nrrd``, ``summary.json``, ``report.png``, findings, heat maps, DICOM.
+"""A prediction's output folder: ``synthetic_ct.nrrd``, ``summary.json``, ``report.png``, findings, heat maps, DICOM,
+and for stochastic generators sampled more than once ``uncertainty_sd_hu.nrrd``.
 
 :func:`write_prediction` writes the folder atomically (it appears complete or not at all);
 :func:`check_output_dir` refuses a folder that holds anything but an earlier prediction;
@@ -36,6 +37,7 @@ from .types import (
     OUTPUT_GRADCAM,
     OUTPUT_REPORT,
     OUTPUT_SUMMARY,
+    OUTPUT_UNCERTAINTY,
     Prediction,
 )
 
@@ -44,10 +46,17 @@ SUMMARY_FINDING_FIELDS = ("output", "probability", "threshold", "call", "model")
 
 
 def summary_document(prediction: Prediction) -> Dict[str, Any]:
-    """The ``summary.json`` record of ``prediction`` without ``outputs`` (JSON-serialisable)."""
+    """The ``summary.json`` record of ``prediction`` without ``outputs`` (JSON-serialisable).
+
+    ``style``: the style model applied to the inputs ({name, path, sha256}) or null. ``ood``: the
+    out-of-distribution score next to the re-projection consistency ({score, threshold, flagged, per_view,
+    method}) or null when the model has no reference. ``sampling`` (stochastic generators only): samples, sampler,
+    steps and guidance (null: the model's default), seed, and ``uncertainty`` (the SD map's file, null for one
+    sample).
+    """
     grid = prediction.grid
     model = prediction.model
-    return {
+    document = {
         "synthetic": SYNTHETIC_NOTE,
         "x2ct_version": __version__,
         "model": {
@@ -74,10 +83,16 @@ def summary_document(prediction: Prediction) -> Dict[str, Any]:
             "method": "cone-beam re-projection with the training DRR geometry vs the preprocessed input; "
             "ncc = Pearson correlation, ssim = SSIM (7x7, data range 1)",
         },
+        "ood": None if prediction.ood is None else prediction.ood.to_dict(),
+        "style": None if prediction.style is None else prediction.style.to_dict(),
         "findings": [{name: getattr(f, name) for name in SUMMARY_FINDING_FIELDS} for f in prediction.findings],
         "timings_s": prediction.timings_s,
         "warnings": prediction.warnings,
     }
+    if prediction.sampling is not None:
+        uncertainty = None if prediction.uncertainty_sd_hu is None else OUTPUT_UNCERTAINTY
+        document["sampling"] = {**prediction.sampling.to_dict(), "uncertainty": uncertainty}
+    return document
 
 
 def _dicom_sources(prediction: Prediction) -> List[Dict[str, str]]:
@@ -139,9 +154,9 @@ def _write_findings(prediction: Prediction, ct_image: sitk.Image, folder: Path) 
 def write_prediction(
     prediction: Prediction, out_dir: PathLike, dicom: bool = False, extra_timings: Optional[Dict[str, float]] = None
 ) -> Path:
-    """Write ``synthetic_ct.nrrd``, ``report.png``, ``summary.json`` (``findings.json`` and ``gradcam/`` when
-    classifiers ran, ``dicom/`` with ``dicom``) into ``out_dir`` atomically: the folder appears complete or
-    not at all (an earlier one is replaced whole)."""
+    """Write ``synthetic_ct.nrrd``, ``report.png``, ``summary.json`` (``uncertainty_sd_hu.nrrd`` with an SD map,
+    ``findings.json`` and ``gradcam/`` when classifiers ran, ``dicom/`` with ``dicom``) into ``out_dir``
+    atomically: the folder appears complete or not at all (an earlier one is replaced whole)."""
     out = check_output_dir(out_dir)
     t = time.perf_counter()
     with atomic_dir(out) as tmp:
@@ -149,6 +164,10 @@ def write_prediction(
         sitk.WriteImage(image, str(tmp / OUTPUT_CT), useCompression=True)
         report_picture(prediction).save(tmp / OUTPUT_REPORT, format="PNG")
         outputs = [OUTPUT_CT, OUTPUT_REPORT, OUTPUT_SUMMARY]
+        uncertainty = prediction.uncertainty_image()
+        if uncertainty is not None:
+            sitk.WriteImage(uncertainty, str(tmp / OUTPUT_UNCERTAINTY), useCompression=True)
+            outputs.append(OUTPUT_UNCERTAINTY)
         if prediction.findings:
             outputs += _write_findings(prediction, image, tmp)
         if dicom:

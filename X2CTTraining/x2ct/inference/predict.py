@@ -10,7 +10,7 @@ generator, HU volume, re-projection check), then the classifiers when given
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from ..atomic import exclusive_output
 from ..errors import InputError, PathLike
@@ -21,7 +21,10 @@ from .models import ModelCache
 from .outputs import check_output_dir, write_prediction
 from .preprocess import read_input
 from .run import generate, stage
-from .types import CancelCheck, LoadedClassifier, LoadedModel, Prediction, ProgressCallback
+from .types import CancelCheck, GenerationOptions, LoadedClassifier, LoadedModel, Prediction, ProgressCallback
+
+if TYPE_CHECKING:
+    from .style import LoadedStyle
 
 
 def predict(
@@ -33,16 +36,20 @@ def predict(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     classifiers: Sequence[LoadedClassifier] = (),
+    options: Optional[GenerationOptions] = None,
+    style: Optional[LoadedStyle] = None,
 ) -> Prediction:
     """Run the pipeline on one case. ``pa``/``lateral`` are files or already-read radiographs;
-    ``classifiers`` (:func:`x2ct.inference.models.load_classifiers`) add findings and Grad-CAM maps.
-    ``timings_s``: seconds (rounded to ms) of read, preprocess, generator, reprojection, classifiers, total.
+    ``classifiers`` (:func:`x2ct.inference.models.load_classifiers`) add findings and Grad-CAM maps;
+    ``options`` (style, sampling) and ``style`` (the loaded style of ``options.style``, else loaded here) as in
+    :func:`x2ct.inference.run.generate`. ``timings_s``: seconds (rounded to ms) of read, preprocess, [style,]
+    generator, reprojection, ood, classifiers, total.
 
     Raises InputError for a broken input rule (:func:`x2ct.inference.run.generate`);
     :class:`~x2ct.inference.types.PredictionCancelled` when ``cancel()`` says so.
     """
     start = time.perf_counter()
-    prediction = generate(model, pa, lateral, force, view_override, progress, cancel)
+    prediction = generate(model, pa, lateral, force, view_override, progress, cancel, options, style)
     timings = dict(prediction.timings_s)
     if classifiers:
         stage(progress, cancel, 0.8, f"classifiers and Grad-CAM ({len(classifiers)} models)")
@@ -68,10 +75,13 @@ def predict_to_folder(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCheck] = None,
     classifiers: Optional[Sequence[PathLike]] = None,
+    options: Optional[GenerationOptions] = None,
 ) -> Prediction:
     """Check, predict and write one case into ``out_dir`` (atomically); returns the prediction.
 
     ``classifiers`` as in :class:`~x2ct.inference.models.ModelCache` (used when no ``cache`` is given).
+    ``options``: style and sampling (:class:`~x2ct.inference.types.GenerationOptions`; None: the model's
+    defaults, no style); the style model is loaded once by the cache.
     Every user error (InputError) is raised before anything is written; one run at a time writes
     ``out_dir`` (:func:`x2ct.atomic.exclusive_output`: InputError while another holds it).
     """
@@ -90,8 +100,11 @@ def predict_to_folder(
         t = time.perf_counter()
         loaded = cache.get(model, have_lateral=lateral is not None)
         chosen = cache.classifiers(have_lateral=lateral is not None)
+        style = cache.style(options.style) if options is not None and options.style is not None else None
         load_s = time.perf_counter() - t
-        prediction = predict(loaded, pa_read, lateral_read, force, view_override, progress, cancel, chosen)
+        prediction = predict(
+            loaded, pa_read, lateral_read, force, view_override, progress, cancel, chosen, options, style
+        )
         prediction.timings_s = {**prediction.timings_s, "read": round(read_s, 3),
                                 "total": round(prediction.timings_s["total"] + read_s, 3)}  # fmt: skip
         stage(progress, cancel, 0.95, "writing outputs")

@@ -4,9 +4,14 @@ and :func:`cases_picture`, several cases side by side with their known lesions (
 Layout (tiles of ``TILE`` pixels)::
 
     title line (model, device, consistency)
+    info line (only with a style, an OOD score or sampling): style model; samples, steps, guidance, seed;
+              OOD score vs threshold, in red words "out of distribution" when flagged
     red banner: SYNTHETIC CT ... not for diagnosis
-    row 1: per input view, the radiograph as the model saw it | the re-projection of the synthetic CT (ncc, ssim)
+    row 1: per input view, [with a style: the preprocessed radiograph before the style model |] the radiograph as
+           the model saw it | the re-projection of the synthetic CT (ncc, ssim)
     row 2: axial | coronal | sagittal central slices of the synthetic CT (HU window, orientation letters)
+    row 2b (stochastic generators, K >= 2 samples): the per-voxel SD over the samples as a heat map over the
+           central coronal slice of the mean CT | its colour bar in HU (0 to the map's 99th percentile)
     row 3 (when classifiers ran): per finding with a radiograph map, its Grad-CAM over the PA (or lateral)
     row 4 (when classifiers ran): per finding with a CT map, its Grad-CAM over a coronal synthetic-CT
            slice: through the finding's Guided Grad-CAM peak when that has an anterior-posterior
@@ -40,6 +45,7 @@ TILE = 256
 BANNER = "SYNTHETIC CT generated from radiographs - research use only, NOT FOR DIAGNOSIS"
 
 _HEADER = 24
+_INFO = 20
 _BANNER_HEIGHT = 26
 _LABEL = 18
 
@@ -125,6 +131,65 @@ def _finding_rows(prediction: Prediction) -> List[List[Tuple[Image.Image, str, T
     return [row for row in (radiograph_row, ct_row) if row]
 
 
+SD_ALPHA = 0.7
+"""Opacity of the SD heat map at its top value over the CT slice (:func:`x2ct.gradcam.cam_overlay_rgb`)."""
+SD_SCALE_PERCENTILE = 99.0
+"""The SD heat map's colour scale runs from 0 HU to this percentile of the map (so a few voxels cannot flatten it)."""
+OOD_WORDS = "out of distribution"
+
+
+def info_segments(prediction: Prediction) -> List[Tuple[str, str]]:
+    """The report's info line as (text, colour) pieces: style, sampling and OOD; empty when none applies."""
+    pieces: List[Tuple[str, str]] = []
+    if prediction.style is not None:
+        pieces.append((f"style {prediction.style.name}   ", "white"))
+    sampling = prediction.sampling
+    if sampling is not None:
+        steps = "default" if sampling.steps is None else sampling.steps
+        pieces.append(
+            (f"{sampling.samples} samples ({sampling.sampler}, {steps} steps, guidance {sampling.guidance:g}, seed "
+             f"{sampling.seed})   ", "white")
+        )  # fmt: skip
+    ood = prediction.ood
+    if ood is not None:
+        threshold = "uncalibrated" if ood.threshold is None else f"threshold {ood.threshold:.2f}"
+        pieces.append((f"OOD score {ood.score:.2f} ({threshold})", "white"))
+        if ood.flagged:
+            pieces.append((f": {OOD_WORDS}", "red"))
+    return pieces
+
+
+def _colour_bar(top_hu: float, font: ImageFont.ImageFont) -> Image.Image:
+    """A TILE² tile: the SD heat map's colours (over mid-grey, as over tissue) from 0 (bottom) to ``top_hu``."""
+    ramp = np.repeat(np.linspace(1.0, 0.0, TILE - 20, dtype=np.float32)[:, None], 40, axis=1)
+    bar = cam_overlay_rgb(np.full(ramp.shape, 0.5, np.float32), ramp, SD_ALPHA)
+    tile = Image.new("RGB", (TILE, TILE), "black")
+    tile.paste(Image.fromarray(bar), (20, 10))
+    draw = ImageDraw.Draw(tile)
+    for fraction in (1.0, 0.5, 0.0):
+        y = 10 + (1.0 - fraction) * (TILE - 21)
+        draw.line([(60, y), (66, y)], fill="white")
+        draw.text((70, y - 7), f"{fraction * top_hu:.0f} HU", fill="white", font=font)
+    return tile
+
+
+def _uncertainty_row(prediction: Prediction, font: ImageFont.ImageFont):
+    """Row 2b: the SD map over the central coronal slice of the mean CT, and its colour bar in HU."""
+    sd = prediction.uncertainty_sd_hu
+    if sd is None:
+        return []
+    h = sd.shape[1] // 2
+    top = float(np.percentile(sd, SD_SCALE_PERCENTILE))
+    scaled = sd[:, h, :] / top if top > 0 else np.zeros_like(sd[:, h, :])
+    gray = np.clip(_window(prediction.volume_hu[:, h, :]), 0.0, 1.0)
+    overlay = Image.fromarray(cam_overlay_rgb(gray, scaled, SD_ALPHA)).resize((TILE, TILE), Image.BILINEAR)
+    samples = prediction.sampling.samples if prediction.sampling else "?"
+    return [
+        (overlay, f"SD over {samples} samples, CT h{h}", SLICE_LETTERS["coronal"]),
+        (_colour_bar(top, font), "SD (HU)", ("", "", "", "")),
+    ]
+
+
 def report_picture(prediction: Prediction) -> Image.Image:
     """The report of ``prediction`` as an RGB picture (see the module doc for the layout)."""
     font = ImageFont.load_default(size=14)
@@ -132,7 +197,10 @@ def report_picture(prediction: Prediction) -> Image.Image:
     for view, prepared in prediction.views.items():
         letters = _RADIOGRAPH_LETTERS.get(view, _RADIOGRAPH_LETTERS[PA])
         scores = prediction.consistency[view]
-        row1.append((_tile(prepared.model_input), f"{view} input", letters))
+        if prepared.before_style is not None:
+            row1.append((_tile(prepared.before_style), f"{view} input before style", letters))
+        styled = "" if prediction.style is None else f" ({prediction.style.name} style)"
+        row1.append((_tile(prepared.model_input), f"{view} input{styled}", letters))
         row1.append(
             (
                 _tile(prediction.reprojections[view]),
@@ -144,9 +212,11 @@ def report_picture(prediction: Prediction) -> Image.Image:
         (_tile(_window(image)), f"synthetic CT {name}", SLICE_LETTERS[name])
         for name, image in three_plane_slices(prediction.volume_hu).items()
     ]
-    rows = [row1, row2, *_finding_rows(prediction)]
+    rows = [row for row in (row1, row2, _uncertainty_row(prediction, font)) if row] + _finding_rows(prediction)
     width = TILE * max(len(row) for row in rows)
-    top = _HEADER + _BANNER_HEIGHT
+    info = info_segments(prediction)
+    header = _HEADER + (_INFO if info else 0)
+    top = header + _BANNER_HEIGHT
     height = top + len(rows) * (_LABEL + TILE)
     canvas = Image.new("RGB", (width, height), "black")
     draw = ImageDraw.Draw(canvas)
@@ -154,8 +224,12 @@ def report_picture(prediction: Prediction) -> Image.Image:
     title = f"x2ct predict - model {model.name} ({model.architecture}) on {model.device} - "
     title += f"consistency {prediction.consistency_score:.2f}"
     draw.text((6, 4), title, fill="white", font=font)
-    draw.rectangle([0, _HEADER, width, top], fill=(170, 0, 0))
-    draw.text((6, _HEADER + 4), BANNER, fill="white", font=font)
+    x = 6.0
+    for text, colour in info:
+        draw.text((x, _HEADER), text, fill=colour, font=font)
+        x += draw.textlength(text, font=font)
+    draw.rectangle([0, header, width, top], fill=(170, 0, 0))
+    draw.text((6, header + 4), BANNER, fill="white", font=font)
     for row, tiles in enumerate(rows):
         y_label = top + row * (_LABEL + TILE)
         for n, (tile, label, letters) in enumerate(tiles):

@@ -12,7 +12,7 @@ columns) as in :mod:`x2ct.views`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,7 +26,7 @@ from ..models.classifiers import ClassifierNet
 from ..models.metadata import ModelMetadata, TaskSpec
 from ..views import CT_KEY, LATERAL, RADIOGRAPH_VIEWS, input_key
 from .frame import InputFrame
-from .synthetic_ct import synthetic_ct_image
+from .synthetic_ct import synthetic_ct_image, synthetic_map_image
 
 NORMALIZATION = "per-image min-max to [0, 1]"
 """Intensity matching of the inputs (as the training DRRs: min-max of each image)."""
@@ -37,6 +37,13 @@ OUTPUT_REPORT = "report.png"
 OUTPUT_DICOM = "dicom"
 OUTPUT_FINDINGS = "findings.json"
 OUTPUT_GRADCAM = "gradcam"
+OUTPUT_UNCERTAINTY = "uncertainty_sd_hu.nrrd"
+
+DEFAULT_STOCHASTIC_SAMPLES = 8
+"""Samples per case of a stochastic (diffusion) generator when none are asked for (UPath-X2CT draws 8)."""
+DEFAULT_GUIDANCE = 0.0
+"""Radiograph-consistency guidance weight when none is asked for: none (guidance back-propagates through the
+decoder and the projector at every sampling step, several times slower)."""
 
 ProgressCallback = Callable[[float, str], None]
 """``progress(fraction in [0, 1], message)``."""
@@ -141,6 +148,92 @@ class LoadedClassifier:
 
 
 # --------------------------------------------------------------------------------------------------
+# Options of one run
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a run does besides the model's defaults (``x2ct predict --style/--samples/--sampler-steps/--guidance/
+    --seed``, the Slicer module's controls).
+
+    ``style``: a style model (bundled name or path, :func:`x2ct.inference.style.load_style`) that translates each
+    preprocessed radiograph to DRR style before the generator; None: none. The others apply to stochastic
+    (diffusion) generators only: ``samples`` K per case (None: 1 for deterministic models,
+    :data:`DEFAULT_STOCHASTIC_SAMPLES` for stochastic ones), ``sampler_steps`` (None: the model's default),
+    ``guidance`` weight of the radiograph-consistent sampling (None: :data:`DEFAULT_GUIDANCE`), ``seed`` of the
+    sampler (None: 0). Raises InputError for a value out of range (``samples``/``sampler_steps`` < 1,
+    ``guidance`` < 0).
+    """
+
+    style: Optional[str] = None
+    samples: Optional[int] = None
+    sampler_steps: Optional[int] = None
+    guidance: Optional[float] = None
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--samples", self.samples), ("--sampler-steps", self.sampler_steps)):
+            if value is not None and value < 1:
+                raise InputError(None, f"{flag} must be at least 1, got {value}")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise InputError(None, f"--guidance must be a weight >= 0, got {self.guidance}")
+
+    @property
+    def sampling_asked(self) -> List[str]:
+        """The sampling options given that a deterministic model cannot honour (``samples`` 1 is honoured)."""
+        given = {
+            "--samples": self.samples is not None and self.samples != 1,
+            "--sampler-steps": self.sampler_steps is not None,
+            "--guidance": self.guidance is not None,
+            "--seed": self.seed is not None,
+        }
+        return [flag for flag, asked in given.items() if asked]
+
+
+@dataclass(frozen=True)
+class StyleRecord:
+    """The style model a run applied to its inputs: ``name``, ``path`` and the sha256 of its weights."""
+
+    name: str
+    path: str
+    sha256: Optional[str]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``summary.json`` record."""
+        return {"name": self.name, "path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class SamplingRecord:
+    """How a stochastic generator was sampled: ``samples`` K, ``sampler`` ("ddim", "ddpm"), ``steps`` (None: the
+    model's default, when it does not say how many that is), ``guidance`` weight, ``seed``."""
+
+    samples: int
+    sampler: str
+    steps: Optional[int]
+    guidance: float
+    seed: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``summary.json`` record."""
+        return {"samples": self.samples, "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
+                "seed": self.seed}
+
+
+class OODRecord(Protocol):
+    """What the pipeline needs of an out-of-distribution score (:class:`x2ct.inference.ood.OODScore`): the score,
+    the calibrated threshold (None: uncalibrated), whether it is flagged, per-view scores, the method in words."""
+
+    score: float
+    threshold: Optional[float]
+    flagged: bool
+    per_view: Dict[str, float]
+    method: str
+
+    def to_dict(self) -> Dict[str, Any]: ...
+
+
+# --------------------------------------------------------------------------------------------------
 # Inputs
 
 
@@ -149,14 +242,17 @@ class PreparedView:
     """One input radiograph in the model's input space.
 
     ``radiograph``: as read. ``model_input``: float32 (size, size) in [0, 1], display orientation of
-    the view (rows S->I; PA columns R->L, lateral columns A->P). ``frame``: where that square lies on
-    the radiograph. ``record``: what was done (JSON, the ``inputs`` entry of ``summary.json``).
+    the view (rows S->I; PA columns R->L, lateral columns A->P): what the generator saw. ``frame``: where that
+    square lies on the radiograph. ``record``: what was done (JSON, the ``inputs`` entry of ``summary.json``).
+    ``before_style``: the preprocessed radiograph before a style model translated it into ``model_input``
+    (same shape), None when no style was applied.
     """
 
     radiograph: Radiograph
     model_input: np.ndarray
     frame: InputFrame
     record: Dict[str, Any]
+    before_style: Optional[np.ndarray] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +363,11 @@ class Prediction:
     ``volume_hu``: float32 (D, H, W) synthetic CT in HU on ``grid``. ``views``, ``reprojections`` ((S, S)
     in the model's input space) and ``consistency`` ({"ncc", "ssim"}) are keyed by view name.
     ``timings_s``: seconds per stage. ``findings``: one per classifier output, empty when no classifier
-    ran; ``heat_maps``: their Grad-CAM maps.
+    ran; ``heat_maps``: their Grad-CAM maps. ``style``: the style model applied to the inputs (None: none).
+    ``ood``: how far the inputs are from the model's training domain (None: the model has no reference).
+    Stochastic generators: ``sampling`` says how they were sampled, ``volume_hu`` is the mean of the samples and
+    ``uncertainty_sd_hu`` the per-voxel standard deviation over them (float32 HU, (D, H, W) on ``grid``; None
+    for deterministic models and for a single sample).
     """
 
     volume_hu: np.ndarray
@@ -280,10 +380,22 @@ class Prediction:
     warnings: List[str]
     findings: List[Finding] = field(default_factory=list)
     heat_maps: HeatMaps = field(default_factory=HeatMaps)
+    style: Optional[StyleRecord] = None
+    ood: Optional[OODRecord] = None
+    sampling: Optional[SamplingRecord] = None
+    uncertainty_sd_hu: Optional[np.ndarray] = None
 
     def image(self) -> sitk.Image:
         """The synthetic CT as written (:func:`x2ct.inference.synthetic_ct.synthetic_ct_image`): int16 HU, LPS."""
         return synthetic_ct_image(self.volume_hu, self.grid, self.model.name, self.model.sha256)
+
+    def uncertainty_image(self) -> Optional[sitk.Image]:
+        """The per-voxel SD map as written (``uncertainty_sd_hu.nrrd``): float32 HU on the CT's grid, with the CT's
+        header entries (:func:`x2ct.inference.synthetic_ct.synthetic_map_image`); None without one."""
+        if self.uncertainty_sd_hu is None:
+            return None
+        quantity = f"per-voxel standard deviation (HU) over {self.sampling.samples if self.sampling else '?'} samples"
+        return synthetic_map_image(self.uncertainty_sd_hu, self.grid, self.model.name, self.model.sha256, quantity)
 
     @property
     def consistency_score(self) -> float:

@@ -33,6 +33,7 @@ from ..atomic import sha256_file
 from ..errors import InputError, PathLike
 from ..resources import bundled_names, resources_dir
 from ..views import CT_KEY, PA_KEY, input_key
+from .latent_diffusion import LatentDiffusionConfig, LatentDiffusionGenerator
 from .metadata import GENERATOR, MINMAX, ModelMetadata, ct_tensor, radiograph_input
 from .safetensors_io import HEADER_KEY as HEADER_KEY  # re-exported: the one key of our weights headers
 from .safetensors_io import read_verified, read_weights, save_model
@@ -46,7 +47,8 @@ from .xprospect import (
     TemplateGenerator,
 )
 
-Generator = Union[X2CTSingleView, X2CTBiplanar, BackProjectionUNet, DenseUNetGenerator, TemplateGenerator]
+Generator = Union[X2CTSingleView, X2CTBiplanar, BackProjectionUNet, DenseUNetGenerator, TemplateGenerator,
+                  LatentDiffusionGenerator]
 
 ARCHITECTURES: Dict[str, Tuple[Type[nn.Module], Type[Any]]] = {
     X2CTBiplanar.architecture: (X2CTBiplanar, GeneratorConfig),
@@ -54,6 +56,7 @@ ARCHITECTURES: Dict[str, Tuple[Type[nn.Module], Type[Any]]] = {
     BackProjectionUNet.architecture: (BackProjectionUNet, BackProjectionConfig),
     DenseUNetGenerator.architecture: (DenseUNetGenerator, DenseUNetConfig),
     TemplateGenerator.architecture: (TemplateGenerator, TemplateConfig),
+    LatentDiffusionGenerator.architecture: (LatentDiffusionGenerator, LatentDiffusionConfig),
 }
 """Generator architectures by name: (network class, its config dataclass; ``network.config`` in model.json)."""
 OFFICIAL_TRAINING_DATA = {

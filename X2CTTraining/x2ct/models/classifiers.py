@@ -32,6 +32,8 @@ Architectures (registry name, inputs):
 * ``concat-cnn3d-2slice`` (pa, ct): the PA stacked with the two central coronal slices.
 * ``late-fusion`` (pa, ct): a DenseNet branch on the PA and a Zunair branch on the CT, pooled features
   concatenated, then one linear layer.
+* ``latent-densenet3d`` (ct): DenseNet-121 3D on the latents of a latent diffusion model's frozen slice VAE
+  (the X-ray2CTPA seed's latent classifier); option ``vae`` names that model.
 
 Build them with :func:`build_classifier`; :func:`classifier_config` gives the JSON-able arguments that
 rebuild a network (``build_classifier(**classifier_config(net))``). Small ``width`` /
@@ -623,6 +625,125 @@ class LateFusion(ClassifierNet):
         return self.head(torch.cat([pa, ct], dim=1))
 
 
+def latent_to_ct_map(cam: Tensor, size: Sequence[int]) -> Tensor:
+    """A map on a latent grid (N, D', h, w) resampled (trilinear) onto the CT grid ``size`` = (D, H, W).
+
+    The slice VAE of :mod:`x2ct.models.latent_diffusion` codes each axial slice on its own and decodes latent cell
+    (i, j) into the block of ``H / h`` x ``W / w`` pixels it covers, and latent slice k into CT slices around
+    ``k·D/D'`` (``D' = D`` unless the model keeps every k-th slice): half-pixel centres on every axis,
+    :func:`resample_map` with shift 0.
+    """
+    return resample_map(cam, size)
+
+
+class LatentEncoder:
+    """The frozen slice VAE a :class:`LatentDenseNet3d` encodes CTs with; deliberately not an ``nn.Module``, so its
+    weights stay out of the classifier's ``state_dict`` and optimiser (the classifier's metadata names the model
+    and its sha256 instead).
+
+    ``vae``: a latent diffusion generator (bundled name or model folder, :func:`x2ct.models.load_generator`) whose
+    ``vae`` has ``encode_volume``; ``sha256``: the weights the classifier was trained with (InputError when they
+    differ; None: take what is there and record it).
+    """
+
+    def __init__(self, vae: str, sha256: Optional[str]) -> None:
+        from ..errors import InputError
+        from .checkpoints import load_generator
+
+        generator = load_generator(vae, device="cpu")
+        module = getattr(generator, "vae", None)
+        if module is None or not hasattr(module, "encode_volume"):
+            raise InputError(vae, "is not a latent diffusion model: latent-densenet3d needs one with a slice VAE")
+        found = getattr(getattr(generator, "metadata", None), "sha256", None)
+        if sha256 is not None and found != sha256:
+            problem = f"weights sha256 {found} differ from {sha256}, the VAE this latent classifier was trained with"
+            raise InputError(vae, problem)
+        self.name, self.sha256, self.module = vae, found, module.eval().requires_grad_(False)
+        self.config = module.config
+        """The VAE's :class:`x2ct.models.latent_diffusion.LatentDiffusionConfig` (grid, latent channels)."""
+
+    def encode(self, ct: Tensor) -> Tensor:
+        """(N, 1, S, S, S) unit scale on the VAE's grid -> (N, C, D', h, w) latents; differentiable with respect to
+        ``ct`` when it requires grad (guided backpropagation), else computed without a graph."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and ct.requires_grad):
+            return self.module.encode_volume(ct)
+
+
+class LatentDenseNet3d(ClassifierNet):
+    """``latent-densenet3d``: DenseNet-121 3D on the latents of a frozen slice VAE (the X-ray2CTPA seed's latent
+    classifier).
+
+    ``batch["ct"]`` (N, 1, D, H, W) unit scale -> resampled (trilinear) to the VAE's grid when it differs ->
+    :class:`LatentEncoder` ``encode`` (frozen, on the fly: nothing is stored) -> (N, C, D', h, w) latents ->
+    MONAI ``DenseNet121`` (``spatial_dims=3``, ``in_channels`` = the VAE's latent channels) -> pooled features ->
+    dropout -> linear K. The latents are already compressed in-plane by the VAE (4 or 8), so the DenseNet's stem
+    keeps the grid (7³ convolution with stride 1, no max-pool); each transition halves it, so every edge of
+    the latent grid needs 2^(B-1) cells (8 for DenseNet-121: a 64³ CT through a 4x VAE gives 64 x 16 x 16).
+    Defaults are the real DenseNet-121 (``init_features`` 64, ``growth_rate`` 32, blocks 6/12/24/16); the tests
+    use one-layer blocks.
+
+    Options ``vae`` (bundled name or folder of the latent diffusion model) and ``vae_sha256`` (filled in from the
+    loaded weights, then checked on every load) are saved with the classifier, so ``x2ct predict`` finds the VAE.
+
+    Grad-CAM: the last transition's convolution on the latent grid, resampled onto the latent grid and then
+    (:func:`latent_to_ct_map`) onto the CT's (D, H, W).
+    """
+
+    arch = "latent-densenet3d"
+    inputs = ("ct",)
+
+    def __init__(
+        self,
+        num_outputs: int,
+        *,
+        vae: str = "",
+        vae_sha256: Optional[str] = None,
+        init_features: int = 64,
+        growth_rate: int = 32,
+        block_config: Tuple[int, ...] = DENSENET121_BLOCKS,
+        dropout: float = 0.0,
+    ) -> None:
+        if not vae:
+            raise ValueError("latent-densenet3d needs the option vae (the latent diffusion model whose VAE it uses)")
+        encoder = LatentEncoder(vae, vae_sha256)
+        options = dict(vae=vae, vae_sha256=encoder.sha256, init_features=init_features, growth_rate=growth_rate,
+                       block_config=block_config, dropout=dropout)  # fmt: skip
+        super().__init__(num_outputs, options)
+        self.latent_encoder = encoder
+        self.grid = int(encoder.config.grid_size)
+        side = self.grid // int(encoder.config.compression)
+        self.latent_grid = (self.grid // int(encoder.config.depth_stride), side, side)
+        """(D', h, w) of the VAE's latents."""
+        if min(self.latent_grid) < 2 ** (len(block_config) - 1):
+            raise ValueError(f"the latent grid {self.latent_grid} is too small for {len(block_config)} dense blocks")
+        self.encoder = DenseNetEncoder(3, int(encoder.config.latent_channels), init_features, growth_rate, block_config)
+        self.encoder.features.conv0.stride = (1, 1, 1)  # the latents are already compressed: keep the grid
+        self.encoder.features.pool0 = nn.Identity()
+        self.head = LinearHead(self.encoder.out_channels, num_outputs, dropout)
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LatentDenseNet3d:
+        """Move / cast the frozen VAE along with the network (``.to``, ``.cuda``, ``.float``, ...)."""
+        super()._apply(fn, *args, **kwargs)
+        self.latent_encoder.module._apply(fn, *args, **kwargs)
+        return self
+
+    def latents(self, ct: Tensor) -> Tensor:
+        """(N, 1, D, H, W) unit scale -> (N, C, D', h, w) latents of the frozen VAE."""
+        return self.latent_encoder.encode(_resize(ct, (self.grid,) * 3))
+
+    @property
+    def cam_layers(self) -> Dict[str, nn.Module]:
+        return {"ct": self.encoder.cam_layer}
+
+    def forward(self, batch: Batch) -> Tensor:
+        latents = self.latents(_take(batch, "ct", 3, self.arch))
+        return self.head(_global_pool(self.encoder.relu(self.encoder.features(latents))))
+
+    def cam_maps(self, layer_maps: Mapping[str, Tensor], batch: Batch) -> Dict[str, Tensor]:
+        latent = resample_map(layer_maps["ct"], self.latent_grid)
+        return {"ct": latent_to_ct_map(latent, batch["ct"].shape[2:])}
+
+
 CLASSIFIER_ARCHS: Dict[str, Type[ClassifierNet]] = {
     cls.arch: cls
     for cls in (
@@ -634,6 +755,7 @@ CLASSIFIER_ARCHS: Dict[str, Type[ClassifierNet]] = {
         ConcatCNN3d,
         ConcatCNN3dTwoSlice,
         LateFusion,
+        LatentDenseNet3d,
     )
 }
 """Registry name -> network class (options: the class's keyword arguments)."""
@@ -659,6 +781,18 @@ def _probability(value: Any, upper_inclusive: bool) -> float:
     return float(value)
 
 
+def _model_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a model name or folder")
+    return value
+
+
+def _sha256(value: Any) -> Optional[str]:
+    if value is not None and not (isinstance(value, str) and len(value) == 64):
+        raise ValueError("must be a 64-digit hexadecimal sha256 or null")
+    return value
+
+
 def _blocks(value: Any) -> Tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise ValueError("must be a non-empty list of integers >= 1")
@@ -666,6 +800,8 @@ def _blocks(value: Any) -> Tuple[int, ...]:
 
 
 _OPTION_CHECKS: Dict[str, Callable[[Any], Any]] = {
+    "vae": _model_name,
+    "vae_sha256": _sha256,
     "width": _positive_float,
     "init_features": _positive_int,
     "growth_rate": _positive_int,

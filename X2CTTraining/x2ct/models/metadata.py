@@ -7,7 +7,7 @@ a program needs is in machine fields; explanations for people stay in the model'
 
 ``schema_version`` 2 (written by this version)::
 
-    {"schema": "x2ct-model", "schema_version": 2, "kind": "generator" | "classifier",
+    {"schema": "x2ct-model", "schema_version": 2, "kind": "generator" | "classifier" | "style",
      "name": "x2ct-demo-biplanar", "version": "1.0.0", "changelog": {"1.0.0": "..."},
      "x2ct_version": "0.1.0", "pytorch_version": "2.13.0",
      "weights": {"file": "model.safetensors", "sha256": "...", "parameters": 655093},
@@ -39,7 +39,9 @@ SCHEMA = "x2ct-model"
 SCHEMA_VERSION = 2
 GENERATOR = "generator"
 CLASSIFIER = "classifier"
-KINDS = (GENERATOR, CLASSIFIER)
+STYLE = "style"
+"""A radiograph style-transfer model (real radiograph -> DRR look; x2ct.inference.style)."""
+KINDS = (GENERATOR, CLASSIFIER, STYLE)
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 FIRST_VERSION = "1.0.0"
@@ -279,6 +281,8 @@ class ModelMetadata:
             raise InputError(
                 path, f"model metadata schema version {version!r}; this x2ct reads {SCHEMA_VERSION} (and 1)"
             )
+        if document.get("kind") not in KINDS:
+            raise InputError(path, f"unknown model kind {document.get('kind')!r}; this x2ct reads {', '.join(KINDS)}")
         try:
             weights = dict(document["weights"])
             network = dict(document["network"])

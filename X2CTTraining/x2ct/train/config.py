@@ -27,6 +27,10 @@ GENERATOR_ARCHITECTURES = ("x2ct_gan", "bp_unet", "dual_unet", "template")
 """``architecture`` values: X2CT-GAN (+B/+S by ``views``), the XprospeCT back-projection U-Net and dense-bottleneck
 dual U-Net, and the mean-CT template baseline (x2ct.models.xprospect)."""
 
+SHAPE_MODES = ("alternate", "joint")
+"""``shape_mode`` values (x2ct.train.shape_induction): the seed's alternation of whole real-radiograph and paired
+epochs, or every step a paired batch's losses plus ``shape_weight`` x the shape-induction loss on real radiographs."""
+
 OPTIMIZERS = ("adam", "nadam")
 """``optimizer`` values: Adam (X2CT-GAN) or NAdam (XprospeCT), with ``lr``, ``beta1`` and ``beta2``."""
 
@@ -44,6 +48,7 @@ class TrainConfig:
     train_split: str = _DEFAULTS["train_split"]
     val_split: str = _DEFAULTS["val_split"]
     cache: bool = _DEFAULTS["cache"]
+    clinical_augment: float = _DEFAULTS["clinical_augment"]
     # model
     architecture: str = _DEFAULTS["architecture"]
     views: int = _DEFAULTS["views"]
@@ -59,6 +64,14 @@ class TrainConfig:
     l1_weight: float = _DEFAULTS["l1_weight"]
     reprojection_weight: float = _DEFAULTS["reprojection_weight"]
     lesion_weight: float = _DEFAULTS["lesion_weight"]
+    # start from a trained generator; shape induction on radiographs without CT (x2ct.train.shape_induction)
+    init_from: Optional[str] = _DEFAULTS["init_from"]
+    shape_induction: Optional[str] = _DEFAULTS["shape_induction"]
+    shape_weight: float = _DEFAULTS["shape_weight"]
+    shape_mode: str = _DEFAULTS["shape_mode"]
+    shape_pretrain_epochs: int = _DEFAULTS["shape_pretrain_epochs"]
+    shape_real_epochs: int = _DEFAULTS["shape_real_epochs"]
+    shape_paired_epochs: int = _DEFAULTS["shape_paired_epochs"]
     # optimisation
     optimizer: str = _DEFAULTS["optimizer"]
     lr: float = _DEFAULTS["lr"]
@@ -114,6 +127,8 @@ class TrainConfig:
             raise setting_error(self, "grid_size", "must be a multiple of 32 and at least 64")
         if not 0.0 <= self.dropout < 1.0:
             raise setting_error(self, "dropout", "must be in [0, 1)")
+        if not 0.0 <= self.clinical_augment <= 1.0:
+            raise setting_error(self, "clinical_augment", "must be in [0, 1] (the chance per training radiograph)")
         for key in ("width", "lr", "batch_size", "ndf"):
             if not getattr(self, key) > 0:
                 raise setting_error(self, key, "must be positive")
@@ -123,6 +138,16 @@ class TrainConfig:
                 raise setting_error(self, key, "must not be negative")
         if self.epochs < 1:
             raise setting_error(self, "epochs_constant", "epochs_constant + epochs_decay must be at least 1")
+        for key in ("shape_weight", "shape_pretrain_epochs", "shape_paired_epochs"):
+            if getattr(self, key) < 0:
+                raise setting_error(self, key, "must not be negative")
+        if self.shape_mode not in SHAPE_MODES:
+            raise setting_error(self, "shape_mode", f"use one of {', '.join(SHAPE_MODES)}")
+        if self.shape_real_epochs < 1:
+            raise setting_error(self, "shape_real_epochs", "must be at least 1")
+        if self.shape_induction and not self.init_from and not self.shape_pretrain_epochs:
+            raise setting_error(self, "shape_pretrain_epochs", "shape induction fine-tunes a trained generator: "
+                                "give init_from=MODEL or some paired pre-training epochs")  # fmt: skip
         check_shared_settings(self)
         return self
 
@@ -130,6 +155,7 @@ class TrainConfig:
 RESUMABLE_KEYS = frozenset(
     {
         "data",
+        "shape_induction",
         "out",
         "cache",
         "device",

@@ -5,8 +5,9 @@ The engine owns everything else, the same way for every kind of model:
 
 * **seeding and data order**: torch, numpy and python are seeded with ``seed`` before the trainer
   builds its networks; each epoch's case order is :func:`epoch_order` (a pure function of seed and
-  epoch). Batches follow :func:`batch_plan`; a final batch too small for every rank to get
-  ``Trainer.min_per_rank`` cases joins the one before it.
+  epoch) over the epoch's cases (:meth:`Trainer.epoch_size`, the training split unless the trainer
+  draws some epochs from another set, as shape induction does). Batches follow :func:`batch_plan`; a
+  final batch too small for every rank to get ``Trainer.min_per_rank`` cases joins the one before it.
 * **data parallelism** (``torchrun``, :mod:`x2ct.distributed`): each rank takes its contiguous share
   of every global batch (:func:`x2ct.distributed.split_evenly`), the networks are wrapped in
   ``DistributedDataParallel`` (BatchNorm becomes SyncBatchNorm on CUDA), each rank's loss is
@@ -385,6 +386,11 @@ class Trainer(ABC):
     def train_size(self) -> int:
         """Number of training cases (indices 0..n-1 are handed to :meth:`step`)."""
 
+    def epoch_size(self, epoch: int) -> int:
+        """Number of cases of 0-based ``epoch`` (indices 0..n-1 go to :meth:`step`): :meth:`train_size` unless a
+        trainer draws some epochs from another set (a pure function of ``epoch``, so that resume is exact)."""
+        return self.train_size()
+
     @abstractmethod
     def identity(self) -> Any:
         """What a resumed run must find unchanged (its case lists), stored in the checkpoint."""
@@ -402,13 +408,19 @@ class Trainer(ABC):
     def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         """The optimisers by name (:meth:`StepContext.optimize` takes the name)."""
 
-    @abstractmethod
     def state_dict(self) -> Dict[str, Any]:
-        """Networks and optimisers (tensors, weights-only loadable)."""
+        """Networks and optimisers (tensors, weights-only loadable): each network under its name, each optimiser
+        under ``opt_<name>``. Trainers with more state extend it."""
+        state: Dict[str, Any] = {name: net.state_dict() for name, net in self.networks().items()}
+        state.update({f"opt_{name}": opt.state_dict() for name, opt in self.optimizers().items()})
+        return state
 
-    @abstractmethod
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
+        for name, opt in self.optimizers().items():
+            opt.load_state_dict(state[f"opt_{name}"])
 
     @abstractmethod
     def networks(self) -> Dict[str, nn.Module]:
@@ -575,16 +587,21 @@ class _Engine:
             seed_everything(rank_seed(s.seed, context.rank))
         optimizers = trainer.optimizers()
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=amp) for name in optimizers}
-        n = trainer.train_size()
+        n = min(trainer.epoch_size(e) for e in range(s.epochs))
         if n < trainer.min_per_rank * context.world_size:
             raise InputError(
                 out, f"the training split has {n} case(s); {context.world_size} process(es) need at least "
                 f"{trainer.min_per_rank * context.world_size} (at least {trainer.min_per_rank} each)",
             )
-        plan = batch_plan(n, s.batch_size * context.world_size, trainer.min_per_rank * context.world_size)
-        total_steps = len(plan) * s.epochs
 
-        epoch, step_in_epoch, self.global_step, self.seconds, order = 0, 0, 0, 0.0, epoch_order(s.seed, 0, n)
+        def plan_of(e: int) -> List[Tuple[int, int]]:
+            least = trainer.min_per_rank * context.world_size
+            return batch_plan(trainer.epoch_size(e), s.batch_size * context.world_size, least)
+
+        total_steps = sum(len(plan_of(e)) for e in range(s.epochs))
+
+        epoch, step_in_epoch, self.global_step, self.seconds = 0, 0, 0, 0.0
+        order = epoch_order(s.seed, 0, trainer.epoch_size(0))
         self.best: Dict[str, Any] = {"epoch": None, "score": None, "metrics": {}, "weights": None}
         self.history: List[Dict[str, Any]] = []
         if state is not None:
@@ -618,6 +635,7 @@ class _Engine:
         try:
             while epoch < s.epochs and not stopped:
                 epoch_scalars = trainer.begin_epoch(epoch)
+                plan = plan_of(epoch)
                 for b in range(step_in_epoch, len(plan)):
                     start, stop = plan[b]
                     global_indices = order[start:stop].tolist()
@@ -650,7 +668,7 @@ class _Engine:
                         self._validate(epoch, scalars)
                     if scalars is not None:
                         trainer.end_epoch(epoch, self.global_step, scalars)
-                    order = epoch_order(s.seed, epoch, n)
+                    order = epoch_order(s.seed, epoch, trainer.epoch_size(epoch))
                     self._checkpoint(epoch, 0, order)
                     if context.is_main and s.keep_every_epochs and epoch % s.keep_every_epochs == 0:
                         with atomic_path(self.last.with_name(f"epoch_{epoch:04d}.pt")) as tmp:

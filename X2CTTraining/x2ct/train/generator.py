@@ -8,6 +8,15 @@ step, as in the official ``optimize_parameters``::
     G step (D frozen): 0.1·LSGAN(D(x, fake), 1) + 10·MSE(fake, ct) + 10·mean_axes L1(proj fake, proj ct)
     D step:            0.1·(LSGAN(D(x, ct), 1) + LSGAN(D(x, fake.detach()), 0))
 
+With ``clinical_augment`` > 0 each radiograph G and D see is first replaced, with that probability, by a simulated
+clinical radiograph of itself (:func:`x2ct.data.clinical.augment_inputs`); the CT and the re-projection target stay
+the stored DRRs.
+
+With ``shape_induction`` (a folder of radiographs without CT) the epochs its schedule marks real train G on
+those radiographs with the shape-induction loss instead; with ``shape_mode=joint`` every step adds
+``shape_weight`` x that loss of a batch of those radiographs to the paired step's G loss, one G forward for both
+(:mod:`x2ct.train.shape_induction`). ``init_from`` starts from a trained generator's weights.
+
 Validation (every ``val_every_epochs``): MAE in HU and MSE on the validation split; the exported
 generator is the last one (as the official code's), not the best-scoring. Run folder ``OUT``::
 
@@ -33,6 +42,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
+from ..data.clinical import augment_inputs
 from ..data.layout import read_manifest
 from ..data.loader import CaseDataset, case_attributes, collate, generator_sizes, read_lesions
 from ..data.synthetic import LESION_KINDS
@@ -55,6 +65,7 @@ from .engine import (
     run_training,
     stderr_log,
 )
+from .shape_induction import ShapeInduction, check_trainable, paired_partners, shape_induction_loss
 
 CHECKPOINT_FORMAT = "x2ct-train-checkpoint/2"
 """``format`` entry of generator training checkpoints (version 2: the shared training engine)."""
@@ -94,6 +105,25 @@ def init_weights(net: nn.Module, std: float = INIT_STD) -> nn.Module:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return net
+
+
+def start_from(net: nn.Module, name_or_path: str) -> None:
+    """Load the weights of the trained generator ``name_or_path`` (:func:`x2ct.models.load_generator`: a bundled
+    name or a model path) into ``net``, whose architecture and network config must be the same (the ``init_from``
+    setting); InputError naming the model otherwise."""
+    from ..models.checkpoints import load_generator
+
+    trained = load_generator(name_or_path, "cpu")
+    ours, theirs = net.config.to_dict(), trained.config.to_dict()
+    if trained.architecture != net.architecture or ours != theirs:
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise InputError(
+            name_or_path,
+            f"init_from is a {trained.architecture} generator ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}); "
+            f"the run's settings build a {net.architecture} ({', '.join(f'{k}={ours.get(k)!r}' for k in differ)}): "
+            "set architecture, views, grid_size and arch_options to match it",
+        )
+    net.load_state_dict(trained.state_dict())
 
 
 def generator_from_checkpoint(path: Path, device: Union[str, torch.device] = "cpu") -> nn.Module:
@@ -176,6 +206,16 @@ class GeneratorTrainer(Trainer):
         build = case_attributes(self.train_set.case_file(0))
         self.geometry = DRRGeometry(**{k: float(build[k]) for k in ("sad_mm", "sid_mm", "detector_mm") if k in build})
         self.network = network_of(config, build)
+        self.shape: Optional[ShapeInduction] = None
+        if config.shape_induction:
+            self.shape = ShapeInduction.of(config, self.geometry, int(build.get("drr_size", config.grid_size)))
+            tail = self.shape.schedule.unanchored(config.epochs)
+            if tail:
+                self.notes.append(
+                    f"warning: shape_mode=alternate: epochs {tail[0] + 1}-{tail[-1] + 1} of {config.epochs} train on "
+                    "the radiographs alone and no paired epoch follows them; the shape-induction loss does not hold "
+                    "the HU level, so the CT can drift (docs/shape_induction.md): use --set shape_mode=joint"
+                )
 
     @property
     def description(self) -> str:
@@ -184,13 +224,21 @@ class GeneratorTrainer(Trainer):
     def train_size(self) -> int:
         return len(self.train_set)
 
-    def identity(self) -> List[str]:
-        return self.train_set.case_ids
+    def epoch_size(self, epoch: int) -> int:
+        if self.shape is not None and self.shape.schedule.phase(epoch) != "paired":
+            return len(self.shape.radiographs)
+        return len(self.train_set)
+
+    def identity(self) -> Any:
+        if self.shape is None:
+            return self.train_set.case_ids
+        return {"train": self.train_set.case_ids, "shape_induction": self.shape.radiographs.case_ids}
 
     def check_identity(self, saved: Any, out: Path) -> None:
-        if saved != self.train_set.case_ids:
+        if saved != self.identity():
             split = self.config.train_split
-            raise InputError(self.data, f"the {split!r} split differs from the one {out} was trained on")
+            which = "" if self.shape is None else " or the shape-induction folder's cases"
+            raise InputError(self.data, f"the {split!r} split{which} differs from the one {out} was trained on")
 
     def setup(self, device: torch.device, wrap: Wrap) -> None:
         config = self.config
@@ -198,6 +246,10 @@ class GeneratorTrainer(Trainer):
         self.G_raw = build_network(*self.network).to(device)
         if hasattr(self.G_raw, "set_prior") and getattr(self.G_raw, "prior", None) is not None:
             self.G_raw.set_prior(self.mean_training_ct())
+        if config.init_from:
+            start_from(self.G_raw, config.init_from)
+        if self.shape is not None:
+            check_trainable(self.G_raw, self.shape.radiographs.folder)
         # The official +B generator holds layers its forward never uses (kept so official weights load strictly).
         self.G = wrap(self.G_raw, find_unused_parameters=True) if self._trains(self.G_raw) else self.G_raw
         self.D_raw: Optional[nn.Module] = None
@@ -229,16 +281,7 @@ class GeneratorTrainer(Trainer):
         return {"G": self.G_raw} if self.D_raw is None else {"G": self.G_raw, "D": self.D_raw}
 
     def state_dict(self) -> Dict[str, Any]:
-        state: Dict[str, Any] = {name: net.state_dict() for name, net in self.networks().items()}
-        state.update({f"opt_{name}": opt.state_dict() for name, opt in self._optimizers.items()})
-        state["network"] = {"architecture": self.network[0], "config": self.network[1]}
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name, net in self.networks().items():
-            net.load_state_dict(state[name])
-        for name, opt in self._optimizers.items():
-            opt.load_state_dict(state[f"opt_{name}"])
+        return {**super().state_dict(), "network": {"architecture": self.network[0], "config": self.network[1]}}
 
     def weights(self) -> Dict[str, torch.Tensor]:
         return self.G_raw.state_dict()
@@ -253,21 +296,48 @@ class GeneratorTrainer(Trainer):
                 group["lr"] = lr
         for net in self.networks().values():
             net.train()
+        if self.shape is not None:
+            return {"lr": lr, "shape/real_epoch": float(self.shape.schedule.is_real(epoch))}
         return {"lr": lr}
 
     def step(self, indices: Sequence[int], context: StepContext) -> Dict[str, float]:
+        phase = "paired" if self.shape is None else self.shape.schedule.phase(context.epoch)
+        if phase == "real" and self.shape is not None:
+            return self.shape.step(self.G, indices, context)
+        if phase == "joint" and self.shape is not None:  # ``indices`` are radiographs; their paired partners
+            real = self.shape.radiographs.batch(indices, context.device)
+            partners = paired_partners(self.config.seed, context.epoch, indices, len(self.train_set))
+            return self._paired_step(partners, context, real)
+        return self._paired_step(indices, context, None)
+
+    def _paired_step(self, indices: Sequence[int], context: StepContext,
+                     real: Optional[Dict[str, torch.Tensor]]) -> Dict[str, float]:  # fmt: skip
+        """The paired step on training cases ``indices``; with ``real`` (radiographs without CT by view name, shape
+        mode joint) G also gets ``shape_weight`` x L_sind of them, from the same G forward and update."""
         batch = collate([self.train_set[i] for i in indices], context.device)
         pa, lateral, ct = batch.images[PA_KEY], batch.images.get(LATERAL_KEY), batch.images[CT_KEY]
+        radiographs = {PA: pa} if lateral is None else {PA: pa, LATERAL: lateral}  # clean DRRs: re-projection target
+        if self.config.clinical_augment > 0:  # simulated clinical radiographs as inputs only (x2ct.data.clinical)
+            inputs = augment_inputs(radiographs, self.config.clinical_augment,
+                                    self.geometry.detector_spacing_mm(pa.shape[-1]))  # fmt: skip
+            pa, lateral = inputs[PA], inputs.get(LATERAL)
+        g_pa, g_lateral = pa, lateral
+        if real is not None:  # one forward for both batches (one DDP forward per backward)
+            g_pa = torch.cat([pa, real[PA]])
+            g_lateral = None if lateral is None else torch.cat([lateral, real[LATERAL]])
         with context.autocast():
-            fake = self.G(pa, lateral)
+            output = self.G(g_pa, g_lateral)
+        fake = output[: pa.shape[0]]
         d_fake = None
         if self.D_raw is not None:  # G step with D frozen (the unwrapped D takes no step, so nothing to synchronise)
             self.D_raw.requires_grad_(False)
             with context.autocast():
                 d_fake = context.full(self.D_raw(fake, pa, lateral))
-        radiographs = {PA: pa} if lateral is None else {PA: pa, LATERAL: lateral}
         g_terms = generator_loss(d_fake, context.full(fake), ct, self.weights_of_losses, radiographs, self.geometry,
                                  batch.lesions)  # fmt: skip
+        if real is not None and self.shape is not None:
+            shape = shape_induction_loss(context.full(output[pa.shape[0] :]), real, self.geometry)
+            g_terms = {**g_terms, "g_shape": shape, "g_total": g_terms["g_total"] + self.shape.weight * shape}
         if "G" in self._optimizers:
             context.optimize("G", g_terms["g_total"])
         losses = {k: v.item() for k, v in g_terms.items()}
@@ -323,8 +393,10 @@ class GeneratorTrainer(Trainer):
         from ..models.checkpoints import save_generator
 
         target = Path(self.config.out) / "model"
-        save_generator(self.G_raw.to("cpu").eval(), target, **training_metadata(self.config, self.data,
-                                                                                  self.train_set, run))  # fmt: skip
+        fields = training_metadata(self.config, self.data, self.train_set, run)
+        if self.shape is not None:
+            fields["training_data"]["shape_induction"] = self.shape.record()
+        save_generator(self.G_raw.to("cpu").eval(), target, **fields)
         return target
 
 
