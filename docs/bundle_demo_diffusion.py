@@ -222,11 +222,14 @@ def main() -> None:
                                                                              "honest_ssim_3d")}, **facts}, indent=2))
     if args.dry_run:
         return
-    export(model_dir, summary, facts)
+    export(model_dir, summary, facts, {work: "WORK", data: "DATA", (work / "vae").resolve(): "WORK/vae"})
 
 
-def export(model_dir: Path, summary: Dict[str, Any], facts: Dict[str, Any]) -> None:
-    """Re-save the trained model under Resources/Models/NAME with its name, version and metrics, and its card."""
+def export(model_dir: Path, summary: Dict[str, Any], facts: Dict[str, Any], placeholders: Dict[Path, str]) -> None:
+    """Re-save the trained model under Resources/Models/NAME with its name, version and metrics, and its card;
+    this machine's folders in its ``model.json`` become the ``placeholders`` (WORK, DATA)."""
+    from bundle_demo_generators import without_machine_paths  # this folder (docs/) is on sys.path
+
     from x2ct.models import load_generator
     from x2ct.models.checkpoints import models_dir, save_generator
 
@@ -241,7 +244,8 @@ def export(model_dir: Path, summary: Dict[str, Any], facts: Dict[str, Any]) -> N
                    version=VERSION, changelog=CHANGELOG,
                    training=meta.training, training_data=meta.training_data, metrics=metrics,
                    source={"kind": "docs/bundle_demo_diffusion.py", "build": facts["build"]})  # fmt: skip
-    (target / "MODEL_CARD.md").write_text(model_card(json.loads((target / "model.json").read_text()), summary, facts))
+    (target / "MODEL_CARD.md").write_text(model_card(without_machine_paths(target / "model.json", placeholders),
+                                                     summary, facts))  # fmt: skip
 
 
 def _metric(summary: Dict[str, Any], name: str, digits: int) -> str:

@@ -210,6 +210,19 @@ variants at an equal CPU budget.
 """
 
 
+def without_machine_paths(record: Path, placeholders: Dict[Path, str]) -> Dict[str, Any]:
+    """Rewrite a bundled model's ``model.json`` without this machine's folders: each folder of ``placeholders``
+    (as given and resolved) becomes its placeholder, the repository's own paths become repository-relative (the
+    sample CT a data set was made from). The weights' sha256 is untouched. Returns the document."""
+    text = record.read_text()
+    pairs = [(str(p), name) for folder, name in placeholders.items() for p in {folder, folder.resolve()}]
+    for folder, name in sorted(pairs, key=lambda pair: len(pair[0]), reverse=True):
+        text = text.replace(folder, name)
+    text = text.replace(str(REPO) + "/", "")
+    record.write_text(text)
+    return json.loads(text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (data, runs, evaluations)")
@@ -258,13 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "data": build}  # fmt: skip
         convert_checkpoint(work / name / "model", target, name=target.name, version=VERSION, changelog=CHANGELOG,
                            metrics=metrics, source=source)  # fmt: skip
-        record = target / "model.json"  # this machine's folders -> WORK (the weights' sha256 is untouched)
-        text = record.read_text()
-        for folder in sorted({str(work), str(work.resolve())}, key=len, reverse=True):
-            text = text.replace(folder, "WORK")
-        text = text.replace(str(REPO) + "/", "")  # the sample CT the data set was made from, repository-relative
-        record.write_text(text)
-        meta = json.loads(text)
+        meta = without_machine_paths(target / "model.json", {work: "WORK"})
         (target / "MODEL_CARD.md").write_text(model_card(name, meta, scores, cpu, build), encoding="utf-8")
         print(f"bundled {target}")
     return 0
