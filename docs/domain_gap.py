@@ -7,7 +7,7 @@ Usage (from the repository root; every step resumes, so an interrupted run can b
 ``--train-only`` runs only the fine-tunes and ``--no-train`` scores only the rows whose fine-tune is done
 (the others "not run"), so that one process can train while another scores.
 
-1. **Test cases**: the test split of ``--data`` (default ``/work/repro/data``: ``x2ct build-dataset
+1. **Test cases**: the test split of ``--data`` (built by ``x2ct build-dataset
    --synthetic-from sample --cases 1200 --seed 11 --split 0.6,0.1,0.3 --size 64``, the data the bundled TB
    classifier was trained and tested on), all of them or a seeded subset of ``--cases``. ``WORK/data_clean``
    lists them (the case folders are links; nothing is written into ``--data``).
@@ -23,7 +23,7 @@ Usage (from the repository root; every step resumes, so an interrupted run can b
    recipe, docs/bundle_demo_generators.py, one torch thread, ``--epochs`` epochs each, one after the other):
    the control (its own DRR training data, nothing else), simulator augmentation (``clinical_augment=0.5``),
    shape induction (``--shape-induction`` on simulated radiographs of the TRAINING split of the training
-   data ``--train-data``, default ``/work/bundle/data``, seed TRAIN_SIM_SEED; λ4 and the schedule at their
+   data ``--train-data`` (built by TRAIN_DATA_BUILD), seed TRAIN_SIM_SEED; λ4 and the schedule at their
    defaults) and augmentation + shape induction (shape induction started from the augmentation run), each
    also with ``shape_mode=joint`` (every step a paired batch too: docs/shape_induction.md). An
    equal number of steps rather than wall-clock minutes, so that a shared machine gives every row the
@@ -69,9 +69,9 @@ GENERATOR = "x2ct-demo-biplanar"
 CLASSIFIER = REPO / "Resources" / "Classifiers" / "x2ct-demo-tb"
 STYLE = "x2ct-demo-style"
 DATA_BUILD = "x2ct build-dataset --synthetic-from sample --cases 1200 --seed 11 --split 0.6,0.1,0.3 --size 64"
-"""How the default ``--data`` (/work/repro/data, docs/reproduce_seed_table.py) was built."""
+"""How ``--data`` is built (the data of docs/reproduce_seed_table.py)."""
 TRAIN_DATA_BUILD = "x2ct build-dataset --synthetic-from sample --cases 600 --seed 7 --size 64"
-"""How the default ``--train-data`` (/work/bundle/data, docs/bundle_demo_generators.py) was built."""
+"""How ``--train-data`` is built (the data of docs/bundle_demo_generators.py)."""
 SIM_SEED = 5
 """Simulator seed of the test radiographs (the demo style model was trained on seeds 1 and 2 of another build)."""
 TRAIN_SIM_SEED = 4
@@ -503,10 +503,10 @@ def cpu_model() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", type=Path, required=True, help="working folder (inputs, runs, evaluations, logs)")
-    parser.add_argument("--data", type=Path, default=Path("/work/repro/data"),
-                        help="benchmark whose test split is scored (default /work/repro/data)")  # fmt: skip
-    parser.add_argument("--train-data", type=Path, default=Path("/work/bundle/data"),
-                        help="the bundled generator's training data (default /work/bundle/data)")  # fmt: skip
+    parser.add_argument("--data", type=Path, required=True,
+                        help=f"benchmark whose test split is scored (built by: {DATA_BUILD})")  # fmt: skip
+    parser.add_argument("--train-data", type=Path, required=True,
+                        help=f"the bundled generator's training data (built by: {TRAIN_DATA_BUILD})")  # fmt: skip
     parser.add_argument("--cases", type=int, default=0, help="seeded subset of the test split (default 0: all)")
     parser.add_argument("--subset-seed", type=int, default=0, help="seed of the subset (default 0)")
     parser.add_argument("--epochs", type=int, default=1,
@@ -557,7 +557,7 @@ def write(work: Work, options: argparse.Namespace, n_cases: int) -> None:
             record = {"label": row.label, "not_run": why.read_text().strip() if why.is_file() else "not scored"}
         results["rows"][row.key] = record
     target = work.root / "domain_gap.json" if options.no_doc else RESULTS
-    command = f"python docs/domain_gap.py --work WORK --epochs {options.epochs}"
+    command = f"python docs/domain_gap.py --work WORK --data DATA --train-data TRAIN_DATA --epochs {options.epochs}"
     if options.cases:
         command += f" --cases {options.cases} --subset-seed {options.subset_seed}"
     used = work.root / "data_styled" / "style.json"
